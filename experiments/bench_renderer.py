@@ -1,0 +1,100 @@
+"""Benchmark: rendered images per second of the procedural scene engine.
+
+    python experiments/bench_renderer.py                       # 64, 128, 227 px
+    python experiments/bench_renderer.py --resolutions 128 --batches 8 32
+    python experiments/bench_renderer.py --out experiments/results/renderer.json
+
+Prints one line per (resolution, batch) and writes a JSON list of rows with
+`config`, `resolution`, `batch`, `images_per_s`, `compile_s`, `peak_rss_mb`
+and the machine. Timing: one warm-up call (compilation), then `--repeats`
+calls on fresh record indices; images/s uses the median call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from mtssl.data import SyntheticScenes
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(resolution: int, batch: int, repeats: int, **source_kwargs) -> dict:
+    source = SyntheticScenes(resolution=resolution, seed=0, **source_kwargs)
+    start = time.perf_counter()
+    source.render_batch(np.arange(batch))
+    compile_s = time.perf_counter() - start
+    times = []
+    for r in range(repeats):
+        idx = np.arange(batch) + (r + 1) * batch
+        start = time.perf_counter()
+        source.render_batch(idx)      # returns numpy: includes device->host
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "config": "default" if not source_kwargs else ",".join(
+            f"{k}={v}" for k, v in sorted(source_kwargs.items())),
+        "resolution": resolution, "batch": batch,
+        "images_per_s": batch / median,
+        "best_images_per_s": batch / min(times),
+        "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 227])
+    parser.add_argument("--batches", type=int, nargs="+", default=[32])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", action="store_true",
+                        help="also time with antialiasing and/or shadows off")
+    parser.add_argument("--out", default="experiments/results/bench_renderer.json")
+    args = parser.parse_args()
+
+    variants = [{}]
+    if args.variants:
+        variants += [{"aa_samples": 0}, {"shadows": False},
+                     {"aa_samples": 0, "shadows": False}]
+    info = machine()
+    print(f"machine: {info}")
+    rows = []
+    for res in args.resolutions:
+        for b in args.batches:
+            for kw in variants:
+                row = bench(res, b, args.repeats, **kw) | {"machine": info}
+                rows.append(row)
+                print(f"{row['config']:>28s} {res:4d} px  batch {b:3d}: "
+                      f"{row['images_per_s']:8.1f} img/s (best "
+                      f"{row['best_images_per_s']:.1f}), compile "
+                      f"{row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
+                      flush=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

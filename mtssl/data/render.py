@@ -1,0 +1,479 @@
+"""Ray casting renderer for `scenes.Scene`: images plus exact ground truth.
+
+One pixel-centre ray per pixel gives the ground truth (planar depth, camera-
+frame normals, instance ids) and the first colour sample. Pixels on geometric
+edges (instance, normal or depth discontinuities, shadow boundaries) are then
+supersampled with `aa_samples` extra rays each, up to a fixed budget of
+`aa_fraction` of the image, so antialiasing costs what it is worth; texture
+patterns are band-limited by the pixel footprint instead, which is the
+standard alternative to supersampling them.
+
+All functions are pure JAX over fixed shapes: `render(scene, cfg)` jits, vmaps
+over a batch of scenes, and runs unchanged on CPU, GPU and TPU.
+
+Conventions: camera frame is OpenCV (x right, y down, z forward); depth is the
+z coordinate of the hit point in that frame (metres); normals are unit vectors
+in that frame, oriented towards the camera; intrinsics map camera coordinates
+to pixel coordinates with pixel centres at integer + 0.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from mtssl.data import scenes as sc
+
+_EPS = 1e-4
+_FAR = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Image-formation knobs. Hashable: it is a static jit argument."""
+
+    resolution: int = 128
+    aa_samples: int = 4        # extra rays per refined edge pixel (0: off)
+    aa_fraction: float = 0.25  # share of pixels that may be refined
+    shadows: bool = True
+    sensor_effects: bool = True  # per-scene noise and blur, as sampled
+
+    def __post_init__(self):
+        if self.resolution < 8:
+            raise ValueError(f"resolution must be >= 8, got {self.resolution}")
+        if self.aa_samples < 0:
+            raise ValueError(f"aa_samples must be >= 0, got {self.aa_samples}")
+        if not 0.0 <= self.aa_fraction <= 1.0:
+            raise ValueError(f"aa_fraction must be in [0, 1], got {self.aa_fraction}")
+
+
+def intrinsics(scene: sc.Scene, resolution: int) -> jax.Array:
+    """The 3x3 pinhole matrix K (pixel centres at integer + 0.5)."""
+    f = scene.camera.focal * resolution
+    c = jnp.float32(resolution / 2)
+    zero, one = jnp.float32(0), jnp.float32(1)
+    return jnp.stack([jnp.stack([f, zero, c]), jnp.stack([zero, f, c]),
+                      jnp.stack([zero, zero, one])])
+
+
+# Vectors are tuples (x, y, z) of equally shaped arrays (structure of
+# arrays): XLA:CPU vectorises elementwise maths over rays well, but reductions
+# over a trailing axis of size 3 poorly, so no (N, 3) arrays in hot paths.
+
+
+def _dot(a, b):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _normalize(a):
+    inv = jax.lax.rsqrt(jnp.maximum(_dot(a, a), 1e-18))
+    return (a[0] * inv, a[1] * inv, a[2] * inv)
+
+
+def _rows(table, index):
+    """Gathers row `index` of an (S, C) table as a tuple of C arrays."""
+    return tuple(table[:, c][index] for c in range(table.shape[1]))
+
+
+def camera_rays(scene: sc.Scene, resolution: int, px: jax.Array, py: jax.Array):
+    """World rays through image points (px, py) in pixels (centres at +0.5).
+
+    Returns (origin, direction) as 3-tuples. Directions are scaled so their
+    camera-frame z is 1: the ray parameter at a hit is the planar depth.
+    """
+    f = scene.camera.focal * resolution
+    c = resolution / 2
+    x, y = (px - c) / f, (py - c) / f
+    r = scene.camera.rotation
+    d = tuple(r[i, 0] * x + r[i, 1] * y + r[i, 2] for i in range(3))
+    o = tuple(jnp.broadcast_to(scene.camera.position[i], px.shape) for i in range(3))
+    return o, d
+
+
+def _box_t(lo, hi, ox, oy, oz, ix, iy, iz):
+    t1x, t2x = (lo[0] - ox) * ix, (hi[0] - ox) * ix
+    t1y, t2y = (lo[1] - oy) * iy, (hi[1] - oy) * iy
+    t1z, t2z = (lo[2] - oz) * iz, (hi[2] - oz) * iz
+    near = jnp.maximum(jnp.maximum(jnp.minimum(t1x, t2x), jnp.minimum(t1y, t2y)),
+                       jnp.minimum(t1z, t2z))
+    far = jnp.minimum(jnp.minimum(jnp.maximum(t1x, t2x), jnp.maximum(t1y, t2y)),
+                      jnp.maximum(t1z, t2z))
+    return jnp.where((near <= far) & (near > _EPS), near, _FAR)
+
+
+def _cylinder_t(cyl, ox, oy, oz, dx, dy, dz, iz):
+    cx, cy, r, z0, z1 = cyl[0], cyl[1], cyl[2], cyl[3], cyl[4]
+    qx, qy = ox - cx, oy - cy
+    a = dx * dx + dy * dy
+    b = qx * dx + qy * dy
+    c = qx * qx + qy * qy - r * r
+    disc = b * b - a * c
+    t_side = (-b - jnp.sqrt(jnp.maximum(disc, 0.0))) / a
+    z_side = oz + t_side * dz
+    side_ok = (disc >= 0) & (t_side > _EPS) & (z_side >= z0) & (z_side <= z1)
+    t_cap = (jnp.where(dz < 0, z1, z0) - oz) * iz
+    hx, hy = qx + t_cap * dx, qy + t_cap * dy
+    cap_ok = (t_cap > _EPS) & (hx * hx + hy * hy <= r * r)
+    return jnp.minimum(jnp.where(side_ok, t_side, _FAR),
+                       jnp.where(cap_ok, t_cap, _FAR))
+
+
+def _sphere_t(sph, ox, oy, oz, dx, dy, dz):
+    qx, qy, qz = ox - sph[0], oy - sph[1], oz - sph[2]
+    a = dx * dx + dy * dy + dz * dz
+    b = qx * dx + qy * dy + qz * dz
+    c = qx * qx + qy * qy + qz * qz - sph[3] * sph[3]
+    disc = b * b - a * c
+    t = (-b - jnp.sqrt(jnp.maximum(disc, 0.0))) / a
+    return jnp.where((disc >= 0) & (t > _EPS), t, _FAR)
+
+
+def _room_hit(room, o, d):
+    """Nearest room plane from inside: (t, plane index in 0..5).
+
+    Planes: 0 floor, 1 ceiling, 2 x=0, 3 x=W, 4 y=0, 5 y=D.
+    """
+    ts = []
+    for a in range(3):
+        t = (jnp.where(d[a] > 0, room[a], 0.0) - o[a]) / d[a]
+        ts.append(jnp.where(jnp.isfinite(t) & (t > 0), t, _FAR))
+    tx, ty, tz = ts
+    px = jnp.where(d[0] > 0, 3, 2)
+    py = jnp.where(d[1] > 0, 5, 4)
+    pz = jnp.where(d[2] > 0, 1, 0)
+    t_best = jnp.minimum(jnp.minimum(tx, ty), tz)
+    plane = jnp.where(tz <= jnp.minimum(tx, ty), pz, jnp.where(tx <= ty, px, py))
+    return t_best, plane
+
+
+def _to_object(objects: sc.Objects, j, p, is_direction=False):
+    """World point (or direction) -> object j's frame, as a 3-tuple."""
+    c, s = objects.cos_sin[j, 0], objects.cos_sin[j, 1]
+    if is_direction:
+        x, y, z = p
+    else:
+        x = p[0] - objects.position[j, 0]
+        y = p[1] - objects.position[j, 1]
+        z = p[2] - objects.position[j, 2]
+    return (c * x + s * y, -s * x + c * y, z)
+
+
+def _object_hits(objects: sc.Objects, j, o, d):
+    """Ray parameter of every part of object j: a list of arrays."""
+    ox, oy, oz = _to_object(objects, j, o)
+    dx, dy, dz = _to_object(objects, j, d, is_direction=True)
+    ix, iy, iz = 1.0 / dx, 1.0 / dy, 1.0 / dz
+    box_lo, box_hi = objects.box_lo[j], objects.box_hi[j]
+    cyls, sphs = objects.cylinders[j], objects.spheres[j]
+    hits = [_box_t(box_lo[k], box_hi[k], ox, oy, oz, ix, iy, iz)
+            for k in range(sc.BOXES)]
+    hits += [_cylinder_t(cyls[k], ox, oy, oz, dx, dy, dz, iz)
+             for k in range(sc.CYLINDERS)]
+    hits += [_sphere_t(sphs[k], ox, oy, oz, dx, dy, dz) for k in range(sc.SPHERES)]
+    return hits
+
+
+def trace(objects: sc.Objects, o, d, t_max):
+    """Nearest object part hit before t_max: (t, part id or -1).
+
+    A loop over objects (small graph, fast compile); within an object the part
+    tests are unrolled so XLA fuses them into one elementwise kernel.
+    """
+
+    def body(j, carry):
+        t_best, part = carry
+        first = sc.ROOM_PLANES + j * sc.PARTS_PER_OBJECT
+        for k, t in enumerate(_object_hits(objects, j, o, d)):
+            closer = t < t_best
+            t_best = jnp.where(closer, t, t_best)
+            part = jnp.where(closer, first + k, part)
+        return t_best, part
+
+    init = (t_max, jnp.full(t_max.shape, -1, jnp.int32))
+    return jax.lax.fori_loop(0, objects.position.shape[0], body, init)
+
+
+def intersect(scene: sc.Scene, o, d):
+    """Nearest surface along rays: (t, part id in [0, num_surfaces))."""
+    t_room, plane = _room_hit(scene.room, o, d)
+    t, part = trace(scene.objects, o, d, t_room)
+    return t, jnp.where(part < 0, plane, part)
+
+
+_ROOM_NORMALS = ((0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0))
+
+
+def surface_frame(scene: sc.Scene, part, point):
+    """Geometry at a hit on surface `part`.
+
+    Returns (normal, local, axis): the outward world-frame unit normal, the
+    point in the surface's own frame (object frame, or world for the room),
+    and which axis of that frame the normal is closest to (0, 1, 2), for
+    texture coordinates.
+    """
+    objects = scene.objects
+    is_room = part < sc.ROOM_PLANES
+    rel = jnp.maximum(part - sc.ROOM_PLANES, 0)
+    j, k = rel // sc.PARTS_PER_OBJECT, rel % sc.PARTS_PER_OBJECT
+    c, s = _rows(objects.cos_sin, j)
+    pos = _rows(objects.position, j)
+    qx, qy, qz = point[0] - pos[0], point[1] - pos[1], point[2] - pos[2]
+    lx, ly, lz = c * qx + s * qy, -s * qx + c * qy, qz
+    zero, one = jnp.zeros_like(lx), jnp.ones_like(lx)
+
+    # Box: the face whose plane the point lies closest to.
+    flat = j * sc.BOXES + jnp.minimum(k, sc.BOXES - 1)
+    lo = _rows(objects.box_lo.reshape(-1, 3), flat)
+    hi = _rows(objects.box_hi.reshape(-1, 3), flat)
+    best, n_box = None, None
+    for a, la in enumerate((lx, ly, lz)):
+        for bound, sign in ((lo[a], -1.0), (hi[a], 1.0)):
+            dist = jnp.abs(la - bound)
+            cand = tuple(one * sign if b == a else zero for b in range(3))
+            if best is None:
+                best, n_box = dist, cand
+            else:
+                closer = dist < best
+                best = jnp.where(closer, dist, best)
+                n_box = tuple(jnp.where(closer, x, y) for x, y in zip(cand, n_box))
+
+    # Cylinder: a cap if the point is on a cap plane, else radial.
+    flat = j * sc.CYLINDERS + jnp.clip(k - sc.BOXES, 0, sc.CYLINDERS - 1)
+    cx, cy, _, z0, z1 = _rows(objects.cylinders.reshape(-1, 5), flat)
+    rx, ry = lx - cx, ly - cy
+    cap = jnp.where(jnp.abs(lz - z1) < 1e-3, 1.0,
+                    jnp.where(jnp.abs(lz - z0) < 1e-3, -1.0, 0.0))
+    radial = _normalize((rx, ry, zero))
+    n_cyl = (jnp.where(cap != 0, 0.0, radial[0]), jnp.where(cap != 0, 0.0, radial[1]),
+             cap)
+
+    flat = j * sc.SPHERES + jnp.clip(k - sc.BOXES - sc.CYLINDERS, 0, sc.SPHERES - 1)
+    sx, sy, sz, _ = _rows(objects.spheres.reshape(-1, 4), flat)
+    n_sph = _normalize((lx - sx, ly - sy, lz - sz))
+
+    is_box, is_cyl = k < sc.BOXES, k < sc.BOXES + sc.CYLINDERS
+    n_loc = tuple(jnp.where(is_box, b, jnp.where(is_cyl, cy_, sp))
+                  for b, cy_, sp in zip(n_box, n_cyl, n_sph))
+    n_obj = (c * n_loc[0] - s * n_loc[1], s * n_loc[0] + c * n_loc[1], n_loc[2])
+    room_n = jnp.array(_ROOM_NORMALS, jnp.float32)
+    plane = jnp.minimum(part, 5)
+    normal = tuple(jnp.where(is_room, room_n[:, a][plane], n_obj[a]) for a in range(3))
+    local = tuple(jnp.where(is_room, p, q) for p, q in zip(point, (lx, ly, lz)))
+    n_axis_src = tuple(jnp.where(is_room, room_n[:, a][plane], n_loc[a])
+                       for a in range(3))
+    ax, ay, az = (jnp.abs(v) for v in n_axis_src)
+    axis = jnp.where((ax >= ay) & (ax >= az), 0, jnp.where(ay >= az, 1, 2))
+    return normal, local, axis
+
+
+def instance_id(part):
+    room_ids = jnp.array([1, 2, 3, 4, 5, 6], jnp.int32)
+    return jnp.where(part < sc.ROOM_PLANES, room_ids[jnp.clip(part, 0, 5)],
+                     sc.FIRST_OBJECT_INSTANCE
+                     + (part - sc.ROOM_PLANES) // sc.PARTS_PER_OBJECT)
+
+
+def _hash(x, y, seed):
+    """Integer lattice hash -> float in [0, 1)."""
+    h = (x.astype(jnp.uint32) * jnp.uint32(0x8DA6B343)) ^ (
+        y.astype(jnp.uint32) * jnp.uint32(0xD8163841)) ^ seed
+    h = (h ^ (h >> 13)) * jnp.uint32(0x5BD1E995)
+    h = h ^ (h >> 15)
+    return (h >> 8).astype(jnp.float32) / float(1 << 24)
+
+
+def _value_noise(u, v, seed):
+    iu, iv = jnp.floor(u), jnp.floor(v)
+    fu, fv = u - iu, v - iv
+    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+    iu, iv = iu.astype(jnp.int32), iv.astype(jnp.int32)
+    a, b = _hash(iu, iv, seed), _hash(iu + 1, iv, seed)
+    c, e = _hash(iu, iv + 1, seed), _hash(iu + 1, iv + 1, seed)
+    return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + e * fu) * fv
+
+
+def _parity(x):
+    """floor(x) mod 2 as 0.0 / 1.0, for any sign of x."""
+    return jnp.floor(x) - 2.0 * jnp.floor(0.5 * x)
+
+
+def albedo(materials: sc.Materials, part, local, axis, footprint):
+    """Procedural texture colour (3-tuple) at `local` (surface-frame point).
+
+    `footprint` is the pixel's width on the surface in metres; patterns whose
+    period is close to or below it fade to their mean colour (band-limiting).
+    """
+    ca, cb = _rows(materials.color_a, part), _rows(materials.color_b, part)
+    tex = materials.texture[part]
+    freq = materials.frequency[part]
+    ang = materials.angle[part]
+    seed = materials.seed[part]
+    # Planar coordinates: the two local axes other than the normal's.
+    lx, ly, lz = local
+    u = jnp.where(axis == 0, ly, lx)
+    v = jnp.where(axis == 2, ly, lz)
+    ca_, sa_ = jnp.cos(ang), jnp.sin(ang)
+    ru = (ca_ * u + sa_ * v) * freq
+    rv = (-sa_ * u + ca_ * v) * freq
+
+    stripes = _parity(ru)
+    checker = jnp.abs(_parity(ru) - _parity(rv))
+    noise = 0.65 * _value_noise(ru, rv, seed) + 0.35 * _value_noise(
+        2.1 * ru, 2.1 * rv, seed ^ jnp.uint32(0x9E3779B9))
+    wood = 0.5 + 0.5 * jnp.sin(2 * math.pi * (ru + 0.8 * _value_noise(
+        0.3 * rv, 0.3 * ru, seed)))
+    gradient = jnp.clip(0.5 + 0.5 * jnp.sin(0.25 * ru), 0.0, 1.0)
+    mix = jnp.where(tex == 1, stripes, jnp.where(tex == 2, checker, jnp.where(
+        tex == 3, noise, jnp.where(tex == 4, wood, gradient))))
+    # Band-limit: a pattern with period 1/freq seen through a pixel of width
+    # `footprint` fades to its mean (0.5 mix) as footprint * freq -> 1.
+    detail = jnp.where(tex == 5, 1.0, jnp.clip(1.5 - 2.0 * footprint * freq, 0.0, 1.0))
+    mix = jnp.where(tex == 0, 0.0, 0.5 + (mix - 0.5) * detail)
+    return tuple(a + (b - a) * mix for a, b in zip(ca, cb))
+
+
+def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig):
+    """Linear radiance (3-tuple), per-light visibility and the facing normal."""
+    point = tuple(oa + t * da for oa, da in zip(o, d))
+    normal, local, axis = surface_frame(scene, part, point)
+    inv_len = jax.lax.rsqrt(_dot(d, d))
+    view = tuple(-da * inv_len for da in d)
+    facing = jnp.where(_dot(normal, view) < 0, -1.0, 1.0)
+    normal = tuple(n * facing for n in normal)
+    n_dot_v = _dot(normal, view)
+    # Pixel footprint on the surface: (t / f) across the view ray (t is the
+    # planar depth), stretched by the grazing angle, which is clipped so the
+    # most grazing pixels stay finite.
+    pixel = t / (scene.camera.focal * cfg.resolution) / jnp.maximum(n_dot_v, 0.1)
+    base = albedo(scene.materials, part, local, axis, pixel)
+
+    spec_w = scene.materials.specular[part]
+    shininess = scene.materials.shininess[part]
+    radiance = [b * scene.lights.ambient[a] for a, b in enumerate(base)]
+    visible = []
+    start = tuple(p + n * 1e-3 for p, n in zip(point, normal))
+    for li in range(sc.MAX_LIGHTS):
+        to_light = tuple(scene.lights.position[li, a] - start[a] for a in range(3))
+        dist2 = _dot(to_light, to_light)
+        if cfg.shadows:
+            t_block, _ = trace(scene.objects, start, to_light,
+                               jnp.full(dist2.shape, 1.0 - 1e-4))
+            lit = t_block >= 1.0 - 1e-4
+        else:
+            lit = jnp.ones(dist2.shape, bool)
+        visible.append(lit)
+        inv_d = jax.lax.rsqrt(dist2)
+        ldir = tuple(x * inv_d for x in to_light)
+        n_dot_l = jnp.maximum(_dot(normal, ldir), 0.0)
+        half = _normalize(tuple(a + b for a, b in zip(ldir, view)))
+        spec = jnp.exp(shininess * jnp.log(jnp.maximum(_dot(normal, half), 1e-6)))
+        weight = jnp.where(lit, 2.5 / (1.0 + 0.15 * dist2) * n_dot_l, 0.0)
+        for a in range(3):
+            radiance[a] = radiance[a] + scene.lights.color[li, a] * weight * (
+                base[a] * (1 - spec_w) + spec_w * spec)
+    return tuple(radiance), jnp.stack(visible, -1), normal
+
+
+def instance_contours(instances: jax.Array) -> jax.Array:
+    """Pixels with a 4-neighbour of another instance (both sides of a boundary).
+
+    This is the paper's contour target: boundaries of instance masks, not
+    texture edges.
+    """
+    diff_x = instances[:, 1:] != instances[:, :-1]
+    diff_y = instances[1:, :] != instances[:-1, :]
+    edge = jnp.zeros(instances.shape, bool)
+    edge = edge.at[:, 1:].set(diff_x).at[:, :-1].max(diff_x)
+    edge = edge.at[1:, :].max(diff_y).at[:-1, :].max(diff_y)
+    return edge
+
+
+def _neighbour_max(x):
+    """Max of |x - neighbour| over the 4-neighbourhood, for (H, W) arrays."""
+    p = jnp.pad(x, 1, mode="edge")
+    c = p[1:-1, 1:-1]
+    return jnp.maximum(jnp.maximum(jnp.abs(c - p[:-2, 1:-1]), jnp.abs(c - p[2:, 1:-1])),
+                       jnp.maximum(jnp.abs(c - p[1:-1, :-2]), jnp.abs(c - p[1:-1, 2:])))
+
+
+def _aa_offsets(n: int):
+    """n sub-pixel offsets in (-0.5, 0.5)^2: a rotated grid (low discrepancy)."""
+    side = max(1, math.ceil(math.sqrt(n)))
+    pts = []
+    for i in range(n):
+        gx, gy = (i % side + 0.5) / side - 0.5, (i // side + 0.5) / side - 0.5
+        a = math.atan(0.5)  # the classic RGSS rotation
+        pts.append((math.cos(a) * gx - math.sin(a) * gy,
+                    math.sin(a) * gx + math.cos(a) * gy))
+    return jnp.array(pts, jnp.float32)
+
+
+def _blur3(img):
+    p = jnp.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    rows = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
+    return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
+
+
+def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.Array]:
+    """One image and its ground truth. `key` drives sensor noise only."""
+    res = cfg.resolution
+    ys, xs = jnp.meshgrid(jnp.arange(res, dtype=jnp.float32) + 0.5,
+                          jnp.arange(res, dtype=jnp.float32) + 0.5, indexing="ij")
+    xs, ys = xs.ravel(), ys.ravel()
+    o, d = camera_rays(scene, res, xs, ys)
+    t, part = intersect(scene, o, d)
+    radiance, visible, normal_w = shade(scene, o, d, t, part, cfg)
+    # Materialise the shading once: without the barrier XLA fuses the whole
+    # shading chain into each of its consumers and computes it several times.
+    radiance, visible, normal_w = jax.lax.optimization_barrier(
+        (radiance, visible, normal_w))
+    radiance = jnp.stack(radiance, -1)
+
+    instances = instance_id(part).reshape(res, res)
+    depth = t.reshape(res, res)
+    rot = scene.camera.rotation  # columns: camera axes in world
+    normals = jnp.stack([_dot(normal_w, tuple(rot[:, c])) for c in range(3)],
+                        -1).reshape(res, res, 3)
+    contours = instance_contours(instances)
+
+    if cfg.aa_samples > 0 and cfg.aa_fraction > 0:
+        # Edge score: geometric discontinuities and shadow boundaries.
+        vis = visible.reshape(res, res, -1).astype(jnp.float32)
+        score = (contours.astype(jnp.float32) * 4.0
+                 + (_neighbour_max(jnp.log(depth)) > 0.05) * 2.0
+                 + sum(_neighbour_max(normals[..., c]) for c in range(3)) * 0.5
+                 + sum(_neighbour_max(vis[..., c]) for c in range(vis.shape[-1])))
+        budget = max(1, int(cfg.aa_fraction * res * res))
+        _, idx = jax.lax.top_k(score.ravel(), budget)
+        offsets = _aa_offsets(cfg.aa_samples)
+        sx = (xs[idx][:, None] + offsets[None, :, 0]).ravel()
+        sy = (ys[idx][:, None] + offsets[None, :, 1]).ravel()
+        so, sd = camera_rays(scene, res, sx, sy)
+        st, spart = intersect(scene, so, sd)
+        srad, _, _ = shade(scene, so, sd, st, spart, cfg)
+        srad = jax.lax.optimization_barrier(srad)
+        srad = jnp.stack(srad, -1).reshape(budget, cfg.aa_samples, 3)
+        refined = (radiance[idx] + srad.sum(1)) / (cfg.aa_samples + 1)
+        radiance = radiance.at[idx].set(refined)
+
+    # Auto-exposure on mean luminance, then display gamma.
+    lum = radiance @ jnp.array([0.2126, 0.7152, 0.0722])
+    exposure = jnp.clip(0.22 / jnp.maximum(lum.mean(), 1e-6), 0.25, 8.0)
+    img = jnp.clip((radiance * exposure).reshape(res, res, 3), 0.0, 1.0) ** (1 / 2.2)
+    if cfg.sensor_effects:
+        # Sensor effects act on the recorded (display-space) signal.
+        img = jnp.where(scene.blur, _blur3(img), img)
+        img = jnp.clip(img + scene.noise_std * jax.random.normal(key, img.shape),
+                       0.0, 1.0)
+    image = jnp.round(img * 255.0).astype(jnp.uint8)
+    return {
+        "image": image,
+        "depth": depth.astype(jnp.float32),
+        "normals": normals.astype(jnp.float32),
+        "instances": instances.astype(jnp.int32),
+        "contours": contours,
+        "intrinsics": intrinsics(scene, res).astype(jnp.float32),
+    }

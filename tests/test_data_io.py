@@ -1,0 +1,113 @@
+"""On-disk synthetic datasets, the grain pipeline and the preview command."""
+
+import json
+
+import grain
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk, preview
+
+
+def _sample(batch, i):
+    return {k: v[i] for k, v in batch.items()}
+
+
+def test_folder_round_trip(tmp_path, batch):
+    for i in range(3):
+        on_disk.save_frame(tmp_path, f"frame{i:03d}", _sample(batch, i))
+    ds = on_disk.SyntheticFolder(root=tmp_path, resolution=64)
+    assert len(ds) == 3 and ds.frames == ["frame000", "frame001", "frame002"]
+    for i in range(3):
+        got, want = ds[i], _sample(batch, i)
+        assert set(got) == set(want)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_allclose(got["depth"], want["depth"], atol=0.6e-3)
+        assert geometry.angular_error_deg(got["normals"], want["normals"]).max() < 1.0
+        np.testing.assert_array_equal(got["instances"], want["instances"])
+        np.testing.assert_array_equal(got["contours"], want["contours"])
+        np.testing.assert_allclose(got["intrinsics"], want["intrinsics"], rtol=1e-6)
+
+
+def test_folder_crops_resizes_and_derives_missing_maps(tmp_path, batch):
+    """A 64x96 frame without normal/ or instance/ maps, with shared K."""
+    s = _sample(batch, 0)
+    wide = {k: np.concatenate([v, v[:, :32]], axis=1) if k not in ("intrinsics",)
+            else v for k, v in s.items()}
+    on_disk.save_frame(tmp_path, "a", wide)
+    k = s["intrinsics"]
+    (tmp_path / "intrinsics" / "a.json").unlink()
+    (tmp_path / "intrinsics").rmdir()
+    with open(tmp_path / "intrinsics.json", "w") as f:
+        json.dump({"fx": float(k[0, 0]), "fy": float(k[1, 1]), "cx": float(k[0, 2]),
+                   "cy": float(k[1, 2])}, f)
+    (tmp_path / "normal" / "a.png").unlink()
+    contour_png = tmp_path / "contour" / "a.png"
+    contour_png.parent.mkdir()
+    Image.fromarray(wide["contours"].astype(np.uint8) * 255).save(contour_png)
+    (tmp_path / "instance" / "a.png").unlink()
+
+    got = on_disk.SyntheticFolder(root=tmp_path, resolution=32)[0]
+    assert got["image"].shape == (32, 32, 3)
+    # The centre 64x64 crop of the 64x96 frame starts at column 16.
+    np.testing.assert_allclose(got["intrinsics"][0, 2], (k[0, 2] - 16) / 2, rtol=1e-6)
+    np.testing.assert_allclose(got["intrinsics"][0, 0], k[0, 0] / 2, rtol=1e-6)
+    # Normals derived from depth are unit vectors facing the camera.
+    n = got["normals"][1:-1, 1:-1]
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-4)
+    # Downscaled contours keep thin lines (max-pooled), not dropped ones.
+    assert got["contours"].sum() >= wide["contours"][:, 16:80].sum() / 4
+
+
+def test_folder_errors_name_what_is_missing(tmp_path, batch):
+    with pytest.raises(ValueError, match="no frames in rgb"):
+        on_disk.SyntheticFolder(root=tmp_path)
+    on_disk.save_frame(tmp_path, "a", _sample(batch, 0))
+    (tmp_path / "depth" / "a.png").unlink()
+    with pytest.raises(ValueError, match="no depth"):
+        on_disk.SyntheticFolder(root=tmp_path)
+
+
+def test_batched_dataset_renders_whole_batches(source):
+    ds = batched_dataset(source, batch_size=4)
+    assert len(ds) == len(source) // 4
+    first = ds[1]
+    assert first["image"].shape == (4, 64, 64, 3)
+    np.testing.assert_array_equal(first["depth"], source.render_batch([4, 5, 6, 7])["depth"])
+    shuffled = batched_dataset(source, batch_size=4, shuffle_seed=0)
+    assert not np.array_equal(shuffled[1]["image"], first["image"])
+
+
+def test_grain_iterator_resumes_exactly(source):
+    ds = batched_dataset(source, batch_size=4, shuffle_seed=1).to_iter_dataset()
+    it = iter(ds)
+    next(it)
+    state = it.get_state()
+    expected = next(it)
+    it2 = iter(ds)
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["image"], expected["image"])
+
+
+def test_source_works_in_a_plain_grain_pipeline(source):
+    ds = grain.MapDataset.source(source).slice(slice(0, 3))
+    samples = list(ds)
+    assert len(samples) == 3 and samples[2]["image"].shape == (64, 64, 3)
+
+
+def test_preview_writes_a_contact_sheet(tmp_path):
+    path = preview.main(["--num", "3", "--resolution", "64", "--out", str(tmp_path),
+                         "--seed", "7"])
+    with Image.open(path) as im:
+        sheet = np.asarray(im)
+    # Two rows (2 scenes per row), 8 tiles per row, 2 px white separators.
+    assert sheet.shape == (2 + 2 * 66, 2 + 8 * 66, 3)
+    assert sheet[2:66, 2:66].std() > 5
+
+
+def test_preview_of_a_folder(tmp_path, batch):
+    on_disk.save_frame(tmp_path / "data", "x", _sample(batch, 1))
+    path = preview.main(["--folder", str(tmp_path / "data"), "--num", "1",
+                         "--resolution", "64", "--out", str(tmp_path / "out")])
+    assert path.exists()

@@ -1,0 +1,158 @@
+"""The scene engine: determinism, formats, and ground truth that is exact."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtssl.data import SyntheticScenes
+from mtssl.data import geometry
+from mtssl.data import render as rd
+from mtssl.data import scenes as sc
+
+
+def test_record_is_a_function_of_seed_and_index(source, batch):
+    one = source[5]
+    again = SyntheticScenes(resolution=source.resolution, seed=source.seed,
+                            num_records=len(source))[5]
+    for key in batch:
+        # Alone, in a batch, from a fresh source: the same bits.
+        np.testing.assert_array_equal(one[key], batch[key][5], err_msg=key)
+        np.testing.assert_array_equal(one[key], again[key], err_msg=key)
+    other_seed = SyntheticScenes(resolution=source.resolution, seed=source.seed + 1)
+    assert not np.array_equal(other_seed[5]["image"], one["image"])
+    assert not np.array_equal(batch["image"][4], batch["image"][5])
+
+
+def test_len_and_index_wraparound(source):
+    assert len(source) == 1000
+    np.testing.assert_array_equal(source[1003]["depth"], source[3]["depth"])
+
+
+def test_shapes_dtypes_ranges(batch):
+    n, r = 12, 64
+    assert batch["image"].shape == (n, r, r, 3) and batch["image"].dtype == np.uint8
+    assert batch["depth"].shape == (n, r, r) and batch["depth"].dtype == np.float32
+    assert batch["normals"].shape == (n, r, r, 3)
+    assert batch["normals"].dtype == np.float32
+    assert batch["instances"].shape == (n, r, r)
+    assert batch["instances"].dtype == np.int32
+    assert batch["contours"].shape == (n, r, r) and batch["contours"].dtype == bool
+    assert batch["intrinsics"].shape == (n, 3, 3)
+    # Rooms are at most 8 x 8 x 3.2 m: every depth is positive and bounded.
+    assert np.all(batch["depth"] > 0)
+    assert np.all(batch["depth"] < math.hypot(8, 8, 3.2))
+    assert batch["instances"].min() >= 1
+    assert batch["instances"].max() < sc.FIRST_OBJECT_INSTANCE + 8
+    # Images are not blank: real contrast in every scene.
+    assert np.all(batch["image"].reshape(12, -1).std(-1) > 5)
+
+
+def test_scenes_contain_objects(batch):
+    objects_per_scene = [
+        len(np.unique(i[i >= sc.FIRST_OBJECT_INSTANCE])) for i in batch["instances"]]
+    assert np.mean(objects_per_scene) >= 1.5, objects_per_scene
+    # Floor and at least one wall are visible in almost every view.
+    assert np.mean([np.any(i == 1) for i in batch["instances"]]) > 0.8
+
+
+def test_normals_are_unit_and_face_the_camera(batch):
+    n = batch["normals"]
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-4)
+    for k, normals in zip(batch["intrinsics"], n):
+        rays = geometry.backproject(np.ones(normals.shape[:2]), k)
+        assert np.all(np.sum(rays * normals, -1) < 1e-6)
+
+
+def test_normals_agree_with_depth(batch):
+    """Normals recomputed from depth + K match on smooth regions."""
+    errors = []
+    for depth, normals, inst, k in zip(batch["depth"], batch["normals"],
+                                       batch["instances"], batch["intrinsics"]):
+        from_depth = geometry.normals_from_depth(depth, k)
+        # Smooth: the 3x3 neighbourhood is one instance with one normal.
+        same = np.ones(depth.shape, bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                shifted_i = np.roll(inst, (dy, dx), (0, 1))
+                shifted_n = np.roll(normals, (dy, dx), (0, 1))
+                same &= (shifted_i == inst) & (
+                    np.abs(shifted_n - normals).max(-1) < 0.05)
+        same[[0, -1], :] = same[:, [0, -1]] = False
+        errors.append(geometry.angular_error_deg(from_depth, normals)[same])
+    errors = np.concatenate(errors)
+    assert errors.size > 10_000
+    assert np.mean(errors) < 2.0, np.mean(errors)
+    assert np.percentile(errors, 95) < 5.0
+
+
+def test_contours_are_exactly_the_instance_boundaries(batch):
+    for inst, contours in zip(batch["instances"], batch["contours"]):
+        padded = np.pad(inst, 1, mode="edge")
+        neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2],
+                      padded[1:-1, 2:]]
+        on_boundary = np.any([nb != inst for nb in neighbours], axis=0)
+        # Every contour pixel lies on a boundary, and every boundary pixel
+        # (on either side) is marked: no texture edges, no gaps.
+        np.testing.assert_array_equal(contours, on_boundary)
+        assert contours.any()
+        # Each object present has its outline marked.
+        for obj in np.unique(inst[inst >= sc.FIRST_OBJECT_INSTANCE]):
+            assert contours[inst == obj].any()
+
+
+def test_intrinsics_match_the_field_of_view(batch):
+    k = batch["intrinsics"]
+    assert np.allclose(k[:, 0, 0], k[:, 1, 1])
+    assert np.allclose(k[:, 0, 2], 32.0) and np.allclose(k[:, 1, 2], 32.0)
+    hfov = np.degrees(2 * np.arctan(32.0 / k[:, 0, 0]))
+    assert np.all((hfov >= 50 - 1e-3) & (hfov <= 80 + 1e-3))
+
+
+@pytest.fixture(scope="module")
+def empty_room():
+    """A 4 x 5 x 3 m empty room; camera at (1, 1, 1.5) facing +x, level."""
+    key = jax.random.key(0)
+    scene = sc.sample_scene(key, sc.SceneConfig())
+    camera = sc.make_camera([1.0, 1.0, 1.5], 0.0, 0.0, 0.0, math.radians(60))
+    scene = scene._replace(room=jnp.array([4.0, 5.0, 3.0]), camera=camera,
+                           objects=sc.no_objects(scene.objects.position.shape[0]))
+    cfg = rd.RenderConfig(resolution=32, aa_samples=0, sensor_effects=False)
+    out = jax.jit(rd.render, static_argnames="cfg")(scene, key, cfg=cfg)
+    return jax.device_get(out)
+
+
+def test_analytic_depth_in_an_empty_room(empty_room):
+    depth, inst, k = empty_room["depth"], empty_room["instances"], empty_room["intrinsics"]
+    f, c = k[0, 0], k[0, 2]
+    np.testing.assert_allclose(f, 16 / math.tan(math.radians(30)), rtol=1e-6)
+    v, u = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5, indexing="ij")
+    far_wall = inst == 4            # plane x = W, 3 m in front of the camera
+    floor, ceiling = inst == 1, inst == 2
+    right_wall = inst == 5          # plane y = 0; camera right is world -y
+    assert far_wall[16, 16] and floor[31, 16] and ceiling[0, 16]
+    assert right_wall[16, 31]
+    np.testing.assert_allclose(depth[far_wall], 3.0, rtol=1e-5)
+    np.testing.assert_allclose(depth[floor], 1.5 * f / (v[floor] - c), rtol=1e-5)
+    np.testing.assert_allclose(depth[ceiling], 1.5 * f / (c - v[ceiling]), rtol=1e-5)
+    np.testing.assert_allclose(depth[right_wall], 1.0 * f / (u[right_wall] - c),
+                               rtol=1e-5)
+    n = empty_room["normals"]
+    np.testing.assert_allclose(n[far_wall], [[0, 0, -1]] * far_wall.sum(), atol=1e-6)
+    np.testing.assert_allclose(n[floor], [[0, -1, 0]] * floor.sum(), atol=1e-6)
+    np.testing.assert_allclose(n[ceiling], [[0, 1, 0]] * ceiling.sum(), atol=1e-6)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="min_objects"):
+        sc.SceneConfig(min_objects=5, max_objects=2)
+    with pytest.raises(ValueError, match="max_lights"):
+        sc.SceneConfig(max_lights=4)
+    with pytest.raises(ValueError, match="aa_fraction"):
+        rd.RenderConfig(aa_fraction=2.0)
+    with pytest.raises(ValueError, match="num_records"):
+        SyntheticScenes(num_records=0)
+    with pytest.raises(TypeError):
+        SyntheticScenes(64)  # keyword arguments only
