@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from mtssl.data import scenes as sc
 
 _EPS = 1e-4
+# Rays per loop iteration of `_cast` (times the batch when vmapped).
+_CHUNK = 4096
 _FAR = 1e9
 
 
@@ -309,22 +311,21 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     ca, cb = _rows(materials.color_a, part), _rows(materials.color_b, part)
     tex = materials.texture[part]
     freq = materials.frequency[part]
-    ang = materials.angle[part]
+    rot_c, rot_s = materials.orientation[:, 0][part], materials.orientation[:, 1][part]
     seed = materials.seed[part]
     # Planar coordinates: the two local axes other than the normal's.
     lx, ly, lz = local
     u = jnp.where(axis == 0, ly, lx)
     v = jnp.where(axis == 2, ly, lz)
-    ca_, sa_ = jnp.cos(ang), jnp.sin(ang)
-    ru = (ca_ * u + sa_ * v) * freq
-    rv = (-sa_ * u + ca_ * v) * freq
+    ru = (rot_c * u + rot_s * v) * freq
+    rv = (-rot_s * u + rot_c * v) * freq
 
     stripes = _parity(ru)
     checker = jnp.abs(_parity(ru) - _parity(rv))
+    # One noise field serves both the noise texture and the wood grain.
     noise = 0.65 * _value_noise(ru, rv, seed) + 0.35 * _value_noise(
         2.1 * ru, 2.1 * rv, seed ^ jnp.uint32(0x9E3779B9))
-    wood = 0.5 + 0.5 * jnp.sin(2 * math.pi * (ru + 0.8 * _value_noise(
-        0.3 * rv, 0.3 * ru, seed)))
+    wood = 0.5 + 0.5 * jnp.sin(2 * math.pi * (ru + 0.8 * noise))
     gradient = jnp.clip(0.5 + 0.5 * jnp.sin(0.25 * ru), 0.0, 1.0)
     mix = jnp.where(tex == 1, stripes, jnp.where(tex == 2, checker, jnp.where(
         tex == 3, noise, jnp.where(tex == 4, wood, gradient))))
@@ -335,8 +336,12 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     return tuple(a + (b - a) * mix for a, b in zip(ca, cb))
 
 
-def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig):
-    """Linear radiance (3-tuple), per-light visibility and the facing normal."""
+def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig, visible=None):
+    """Linear radiance (3-tuple), per-light visibility and the facing normal.
+
+    Visibility is a tuple of MAX_LIGHTS bool arrays; `visible`, if given,
+    replaces the shadow rays.
+    """
     point = tuple(oa + t * da for oa, da in zip(o, d))
     normal, local, axis = surface_frame(scene, part, point)
     inv_len = jax.lax.rsqrt(_dot(d, d))
@@ -353,18 +358,20 @@ def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig):
     spec_w = scene.materials.specular[part]
     shininess = scene.materials.shininess[part]
     radiance = [b * scene.lights.ambient[a] for a, b in enumerate(base)]
-    visible = []
+    lights_visible = []
     start = tuple(p + n * 1e-3 for p, n in zip(point, normal))
     for li in range(sc.MAX_LIGHTS):
         to_light = tuple(scene.lights.position[li, a] - start[a] for a in range(3))
         dist2 = _dot(to_light, to_light)
-        if cfg.shadows:
+        if visible is not None:
+            lit = visible[li]
+        elif cfg.shadows:
             t_block, _ = trace(scene.objects, start, to_light,
                                jnp.full(dist2.shape, 1.0 - 1e-4))
             lit = t_block >= 1.0 - 1e-4
         else:
             lit = jnp.ones(dist2.shape, bool)
-        visible.append(lit)
+        lights_visible.append(lit)
         inv_d = jax.lax.rsqrt(dist2)
         ldir = tuple(x * inv_d for x in to_light)
         n_dot_l = jnp.maximum(_dot(normal, ldir), 0.0)
@@ -374,7 +381,7 @@ def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig):
         for a in range(3):
             radiance[a] = radiance[a] + scene.lights.color[li, a] * weight * (
                 base[a] * (1 - spec_w) + spec_w * spec)
-    return tuple(radiance), jnp.stack(visible, -1), normal
+    return tuple(radiance), tuple(lights_visible), normal
 
 
 def instance_contours(instances: jax.Array) -> jax.Array:
@@ -417,47 +424,70 @@ def _blur3(img):
     return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
 
 
+def _cast(scene: sc.Scene, xs, ys, cfg: RenderConfig, visible=None):
+    """Traces and shades rays through pixel points (xs, ys): SoA per-ray results.
+
+    Runs as a loop over chunks of rays. Besides keeping each chunk's
+    temporaries in cache, the loop makes XLA materialise every result once:
+    fused straight into its consumers, the shading chain would be recomputed
+    for each of them (each colour channel, the exposure, the AA score...).
+    """
+    n = xs.shape[0]
+    chunk = min(_CHUNK, -(-n // 2))
+    chunks = -(-n // chunk)
+    pad = chunks * chunk - n
+    xs = jnp.pad(xs, (0, pad), constant_values=0.5).reshape(chunks, chunk)
+    ys = jnp.pad(ys, (0, pad), constant_values=0.5).reshape(chunks, chunk)
+    given = visible is not None
+    if not given:
+        visible = (jnp.ones((n,), bool),) * sc.MAX_LIGHTS
+    visible = tuple(jnp.pad(v, (0, pad)).reshape(chunks, chunk) for v in visible)
+    rot = scene.camera.rotation  # columns: camera axes in world
+
+    def body(args):
+        x, y, vis = args
+        o, d = camera_rays(scene, cfg.resolution, x, y)
+        t, part = intersect(scene, o, d)
+        radiance, vis, normal = shade(scene, o, d, t, part, cfg,
+                                      vis if given else None)
+        normal_cam = tuple(_dot(normal, tuple(rot[:, c])) for c in range(3))
+        return t, part, radiance, vis, normal_cam
+
+    out = jax.lax.map(body, (xs, ys, visible))
+    return jax.tree.map(lambda a: a.reshape((chunks * chunk,) + a.shape[2:])[:n], out)
+
+
 def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.Array]:
     """One image and its ground truth. `key` drives sensor noise only."""
     res = cfg.resolution
     ys, xs = jnp.meshgrid(jnp.arange(res, dtype=jnp.float32) + 0.5,
                           jnp.arange(res, dtype=jnp.float32) + 0.5, indexing="ij")
     xs, ys = xs.ravel(), ys.ravel()
-    o, d = camera_rays(scene, res, xs, ys)
-    t, part = intersect(scene, o, d)
-    radiance, visible, normal_w = shade(scene, o, d, t, part, cfg)
-    # Materialise the shading once: without the barrier XLA fuses the whole
-    # shading chain into each of its consumers and computes it several times.
-    radiance, visible, normal_w = jax.lax.optimization_barrier(
-        (radiance, visible, normal_w))
-    radiance = jnp.stack(radiance, -1)
-
+    t, part, radiance, visible, normal_cam = _cast(scene, xs, ys, cfg)
     instances = instance_id(part).reshape(res, res)
     depth = t.reshape(res, res)
-    rot = scene.camera.rotation  # columns: camera axes in world
-    normals = jnp.stack([_dot(normal_w, tuple(rot[:, c])) for c in range(3)],
-                        -1).reshape(res, res, 3)
+    normals = jnp.stack(normal_cam, -1).reshape(res, res, 3)
     contours = instance_contours(instances)
 
     if cfg.aa_samples > 0 and cfg.aa_fraction > 0:
-        # Edge score: geometric discontinuities and shadow boundaries.
-        vis = visible.reshape(res, res, -1).astype(jnp.float32)
+        # Edge score: geometric discontinuities (silhouettes, creases, depth
+        # steps). Shadow edges are left to the pixel-centre sample: the extra
+        # samples reuse the centre's light visibility instead of casting
+        # their own shadow rays, which would cost more than the samples.
         score = (contours.astype(jnp.float32) * 4.0
                  + (_neighbour_max(jnp.log(depth)) > 0.05) * 2.0
-                 + sum(_neighbour_max(normals[..., c]) for c in range(3)) * 0.5
-                 + sum(_neighbour_max(vis[..., c]) for c in range(vis.shape[-1])))
+                 + sum(_neighbour_max(n.reshape(res, res)) for n in normal_cam) * 0.5)
         budget = max(1, int(cfg.aa_fraction * res * res))
         _, idx = jax.lax.top_k(score.ravel(), budget)
         offsets = _aa_offsets(cfg.aa_samples)
         sx = (xs[idx][:, None] + offsets[None, :, 0]).ravel()
         sy = (ys[idx][:, None] + offsets[None, :, 1]).ravel()
-        so, sd = camera_rays(scene, res, sx, sy)
-        st, spart = intersect(scene, so, sd)
-        srad, _, _ = shade(scene, so, sd, st, spart, cfg)
-        srad = jax.lax.optimization_barrier(srad)
-        srad = jnp.stack(srad, -1).reshape(budget, cfg.aa_samples, 3)
-        refined = (radiance[idx] + srad.sum(1)) / (cfg.aa_samples + 1)
-        radiance = radiance.at[idx].set(refined)
+        _, _, srad, _, _ = _cast(scene, sx, sy, cfg,
+                                 tuple(jnp.repeat(v[idx], cfg.aa_samples) for v in visible))
+        radiance = tuple(
+            r.at[idx].set((r[idx] + s.reshape(budget, -1).sum(1)) / (cfg.aa_samples + 1))
+            for r, s in zip(radiance, srad))
+    radiance = jnp.stack(radiance, -1)
 
     # Auto-exposure on mean luminance, then display gamma.
     lum = radiance @ jnp.array([0.2126, 0.7152, 0.0722])

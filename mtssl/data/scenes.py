@@ -119,7 +119,7 @@ class Materials(NamedTuple):
     color_b: jax.Array    # (S, 3)
     texture: jax.Array    # (S,) int32 index into TEXTURES
     frequency: jax.Array  # (S,) pattern cycles per metre
-    angle: jax.Array      # (S,) pattern orientation, radians
+    orientation: jax.Array  # (S, 2) pattern direction (cos, sin)
     specular: jax.Array   # (S,) specular weight
     shininess: jax.Array  # (S,) Phong exponent
     seed: jax.Array       # (S,) uint32 noise seed
@@ -287,6 +287,7 @@ def _materials(key, n_surfaces, part_object):
                                            minval=math.log(1.0),
                                            maxval=math.log(12.0)))
     angle = jax.random.uniform(keys[6], (n_pal,), maxval=math.pi)
+    orientation = jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
     specular = jax.random.uniform(keys[7], (n_pal,), maxval=0.5) ** 2
     shininess = jnp.exp(jax.random.uniform(keys[8], (n_pal,),
                                            minval=math.log(4.0),
@@ -299,7 +300,7 @@ def _materials(key, n_surfaces, part_object):
     row = jnp.where(part_object < 0, jnp.arange(n_surfaces),
                     jnp.where(choose, first + 1, first))
     return Materials(pal_a[row], pal_b[row], texture[row], frequency[row],
-                     angle[row], specular[row], shininess[row], seed[row])
+                     orientation[row], specular[row], shininess[row], seed[row])
 
 
 def sample_scene(key: jax.Array, cfg: SceneConfig) -> Scene:
