@@ -208,6 +208,40 @@ def intersect(scene: sc.Scene, o, d):
 _ROOM_NORMALS = ((0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0))
 
 
+def surface_columns(scene: sc.Scene) -> dict[str, jax.Array]:
+    """Per-surface geometry as columns indexed by part id (length S each).
+
+    Shading gathers from these instead of from the nested object arrays: one
+    flat gather per value and no index arithmetic. `cos`, `sin`, `px`, `py`,
+    `pz` place the surface's object (identity for the room); `g0..g5` hold a
+    room plane's normal, a box's lo and hi corners, a cylinder's
+    (cx, cy, r, z0, z1) or a sphere's (cx, cy, cz, r), in the object frame.
+    """
+    objects = scene.objects
+    n_obj = objects.position.shape[0]
+    per_part = lambda x: jnp.repeat(x, sc.PARTS_PER_OBJECT)  # noqa: E731
+
+    def pad6(x):
+        return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, 6 - x.shape[-1])])
+
+    geometry = jnp.concatenate([
+        jnp.concatenate([objects.box_lo, objects.box_hi], -1),
+        pad6(objects.cylinders), pad6(objects.spheres)], axis=1).reshape(-1, 6)
+    geometry = jnp.concatenate([pad6(jnp.array(_ROOM_NORMALS, jnp.float32)),
+                                geometry])
+    zeros = jnp.zeros((sc.ROOM_PLANES,))
+    cols = {
+        "cos": jnp.concatenate([zeros + 1, per_part(objects.cos_sin[:, 0])]),
+        "sin": jnp.concatenate([zeros, per_part(objects.cos_sin[:, 1])]),
+        "px": jnp.concatenate([zeros, per_part(objects.position[:, 0])]),
+        "py": jnp.concatenate([zeros, per_part(objects.position[:, 1])]),
+        "pz": jnp.concatenate([zeros, per_part(objects.position[:, 2])]),
+    }
+    cols.update({f"g{i}": geometry[:, i] for i in range(6)})
+    assert cols["cos"].shape[0] == sc.num_surfaces(n_obj)
+    return cols
+
+
 def surface_frame(scene: sc.Scene, part, point):
     """Geometry at a hit on surface `part`.
 
@@ -216,23 +250,22 @@ def surface_frame(scene: sc.Scene, part, point):
     and which axis of that frame the normal is closest to (0, 1, 2), for
     texture coordinates.
     """
-    objects = scene.objects
+    col = {k: v[part] for k, v in surface_columns(scene).items()}
+    k = (part - sc.ROOM_PLANES) % sc.PARTS_PER_OBJECT
     is_room = part < sc.ROOM_PLANES
-    rel = jnp.maximum(part - sc.ROOM_PLANES, 0)
-    j, k = rel // sc.PARTS_PER_OBJECT, rel % sc.PARTS_PER_OBJECT
-    c, s = _rows(objects.cos_sin, j)
-    pos = _rows(objects.position, j)
-    qx, qy, qz = point[0] - pos[0], point[1] - pos[1], point[2] - pos[2]
+    is_box = ~is_room & (k < sc.BOXES)
+    is_cyl = ~is_room & ~is_box & (k < sc.BOXES + sc.CYLINDERS)
+    is_sph = ~is_room & (k >= sc.BOXES + sc.CYLINDERS)
+    c, s = col["cos"], col["sin"]
+    qx, qy, qz = point[0] - col["px"], point[1] - col["py"], point[2] - col["pz"]
     lx, ly, lz = c * qx + s * qy, -s * qx + c * qy, qz
     zero, one = jnp.zeros_like(lx), jnp.ones_like(lx)
+    g = [col[f"g{i}"] for i in range(6)]
 
     # Box: the face whose plane the point lies closest to.
-    flat = j * sc.BOXES + jnp.minimum(k, sc.BOXES - 1)
-    lo = _rows(objects.box_lo.reshape(-1, 3), flat)
-    hi = _rows(objects.box_hi.reshape(-1, 3), flat)
     best, n_box = None, None
     for a, la in enumerate((lx, ly, lz)):
-        for bound, sign in ((lo[a], -1.0), (hi[a], 1.0)):
+        for bound, sign in ((g[a], -1.0), (g[a + 3], 1.0)):
             dist = jnp.abs(la - bound)
             cand = tuple(one * sign if b == a else zero for b in range(3))
             if best is None:
@@ -243,31 +276,20 @@ def surface_frame(scene: sc.Scene, part, point):
                 n_box = tuple(jnp.where(closer, x, y) for x, y in zip(cand, n_box))
 
     # Cylinder: a cap if the point is on a cap plane, else radial.
-    flat = j * sc.CYLINDERS + jnp.clip(k - sc.BOXES, 0, sc.CYLINDERS - 1)
-    cx, cy, _, z0, z1 = _rows(objects.cylinders.reshape(-1, 5), flat)
-    rx, ry = lx - cx, ly - cy
-    cap = jnp.where(jnp.abs(lz - z1) < 1e-3, 1.0,
-                    jnp.where(jnp.abs(lz - z0) < 1e-3, -1.0, 0.0))
-    radial = _normalize((rx, ry, zero))
+    cap = jnp.where(jnp.abs(lz - g[4]) < 1e-3, 1.0,
+                    jnp.where(jnp.abs(lz - g[3]) < 1e-3, -1.0, 0.0))
+    radial = _normalize((lx - g[0], ly - g[1], zero))
     n_cyl = (jnp.where(cap != 0, 0.0, radial[0]), jnp.where(cap != 0, 0.0, radial[1]),
              cap)
+    n_sph = _normalize((lx - g[0], ly - g[1], lz - g[2]))
 
-    flat = j * sc.SPHERES + jnp.clip(k - sc.BOXES - sc.CYLINDERS, 0, sc.SPHERES - 1)
-    sx, sy, sz, _ = _rows(objects.spheres.reshape(-1, 4), flat)
-    n_sph = _normalize((lx - sx, ly - sy, lz - sz))
-
-    is_box, is_cyl = k < sc.BOXES, k < sc.BOXES + sc.CYLINDERS
-    n_loc = tuple(jnp.where(is_box, b, jnp.where(is_cyl, cy_, sp))
-                  for b, cy_, sp in zip(n_box, n_cyl, n_sph))
-    n_obj = (c * n_loc[0] - s * n_loc[1], s * n_loc[0] + c * n_loc[1], n_loc[2])
-    room_n = jnp.array(_ROOM_NORMALS, jnp.float32)
-    plane = jnp.minimum(part, 5)
-    normal = tuple(jnp.where(is_room, room_n[:, a][plane], n_obj[a]) for a in range(3))
-    local = tuple(jnp.where(is_room, p, q) for p, q in zip(point, (lx, ly, lz)))
-    n_axis_src = tuple(jnp.where(is_room, room_n[:, a][plane], n_loc[a])
-                       for a in range(3))
-    ax, ay, az = (jnp.abs(v) for v in n_axis_src)
+    n_loc = tuple(
+        jnp.where(is_box, b, jnp.where(is_cyl, cy_, jnp.where(is_sph, sp, rm)))
+        for b, cy_, sp, rm in zip(n_box, n_cyl, n_sph, g[:3]))
+    normal = (c * n_loc[0] - s * n_loc[1], s * n_loc[0] + c * n_loc[1], n_loc[2])
+    ax, ay, az = (jnp.abs(v) for v in n_loc)
     axis = jnp.where((ax >= ay) & (ax >= az), 0, jnp.where(ay >= az, 1, 2))
+    local = tuple(jnp.where(is_room, p, q) for p, q in zip(point, (lx, ly, lz)))
     return normal, local, axis
 
 
@@ -323,10 +345,13 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     stripes = _parity(ru)
     checker = jnp.abs(_parity(ru) - _parity(rv))
     # One noise field serves both the noise texture and the wood grain.
-    noise = 0.65 * _value_noise(ru, rv, seed) + 0.35 * _value_noise(
-        2.1 * ru, 2.1 * rv, seed ^ jnp.uint32(0x9E3779B9))
-    wood = 0.5 + 0.5 * jnp.sin(2 * math.pi * (ru + 0.8 * noise))
-    gradient = jnp.clip(0.5 + 0.5 * jnp.sin(0.25 * ru), 0.0, 1.0)
+    noise = _value_noise(ru, rv, seed)
+    # Wood: bands (a smoothed triangle wave) bent by the noise.
+    x = ru + 0.8 * noise
+    tri = jnp.abs(2.0 * (x - jnp.floor(x)) - 1.0)
+    wood = tri * tri * (3.0 - 2.0 * tri)
+    # Gradient: a slow ramp over a few metres, independent of the frequency.
+    gradient = jnp.clip(0.5 + 0.3 * (rot_c * u + rot_s * v), 0.0, 1.0)
     mix = jnp.where(tex == 1, stripes, jnp.where(tex == 2, checker, jnp.where(
         tex == 3, noise, jnp.where(tex == 4, wood, gradient))))
     # Band-limit: a pattern with period 1/freq seen through a pixel of width
