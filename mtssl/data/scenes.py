@@ -61,6 +61,14 @@ _DIMS = {
     "round_table": ((0.7, 1.3), (0.7, 1.3), (0.68, 0.78)),
 }
 
+# Part slots each kind fills: (boxes, cylinders, spheres) used, as prefixes
+# of the slot lists. Must agree with `_templates`.
+KIND_SLOTS = {
+    "cabinet": (1, 0, 0), "table": (5, 0, 0), "chair": (6, 0, 0),
+    "shelf": (6, 0, 0), "sofa": (4, 0, 0), "ball": (0, 0, 1),
+    "barrel": (0, 1, 0), "lamp": (0, 2, 1), "round_table": (0, 2, 0),
+}
+
 # Texture kinds understood by the shader.
 TEXTURES = ("solid", "stripes", "checker", "noise", "wood", "gradient")
 
@@ -110,6 +118,8 @@ class Objects(NamedTuple):
     cylinders: jax.Array  # (N, CYLINDERS, 5) cx, cy, radius, z0, z1 (local)
     spheres: jax.Array    # (N, SPHERES, 4) cx, cy, cz, radius (local)
     active: jax.Array     # (N,) bool
+    kind: jax.Array       # (N,) int32 index into KINDS (meaningful if active)
+    bounds: jax.Array     # (N, 2, 3) world AABB (lo, hi); lo > hi if inactive
 
 
 class Materials(NamedTuple):
@@ -155,7 +165,10 @@ def no_objects(n: int) -> Objects:
         box_hi=jnp.broadcast_to(box_hi, (n,) + box_hi.shape),
         cylinders=jnp.broadcast_to(cyl, (n,) + cyl.shape),
         spheres=jnp.broadcast_to(sph, (n,) + sph.shape),
-        active=jnp.zeros((n,), bool))
+        active=jnp.zeros((n,), bool),
+        kind=jnp.zeros((n,), jnp.int32),
+        bounds=jnp.broadcast_to(jnp.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]),
+                                (n, 2, 3)))
 
 
 def _uniform(key, lo_hi, shape=()):
@@ -420,13 +433,19 @@ def sample_scene(key: jax.Array, cfg: SceneConfig) -> Scene:
             jnp.zeros((n_obj,)), jnp.zeros((n_obj,)), empty.cos_sin, empty.active,
             jnp.zeros((n_obj, 2)), empty.box_lo, empty.box_hi, empty.cylinders,
             empty.spheres)
-    (centre, base, _, _, cos_sin, active, _, box_lo, box_hi, cyls,
+    (centre, base, radius, height, cos_sin, active, _, box_lo, box_hi, cyls,
      sphs) = jax.lax.fori_loop(0, n_obj, place, init)
 
+    # World AABB of each object from its bounding cylinder (conservative).
+    lo = jnp.concatenate([centre - radius[:, None], base[:, None]], -1)
+    hi = jnp.concatenate([centre + radius[:, None], (base + height)[:, None]], -1)
+    bounds = jnp.where(active[:, None, None], jnp.stack([lo, hi], 1),
+                       no_objects(n_obj).bounds)
     objects = Objects(
         position=jnp.concatenate([centre, base[:, None]], -1),
         cos_sin=cos_sin, box_lo=box_lo, box_hi=box_hi,
-        cylinders=cyls, spheres=sphs, active=active)
+        cylinders=cyls, spheres=sphs, active=active,
+        kind=jnp.where(active, kinds, 0).astype(jnp.int32), bounds=bounds)
 
     part_object = jnp.concatenate([
         jnp.full((ROOM_PLANES,), -1),

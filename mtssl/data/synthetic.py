@@ -8,8 +8,10 @@ grain pipeline that does it); `source[i]` renders one scene.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from typing import Any, Sequence
 
 import grain
@@ -23,20 +25,34 @@ from mtssl.data import scenes as sc
 Sample = dict[str, np.ndarray]
 
 
+def record_keys(seed, index) -> tuple[jax.Array, jax.Array]:
+    """The PRNG keys of record `index` of dataset `seed`: (scene, sensor noise)."""
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    scene_key, noise_key = jax.random.split(key)
+    return scene_key, noise_key
+
+
 @functools.partial(jax.jit, static_argnames=("scene_cfg", "render_cfg"))
 def render_indices(seed: jax.Array, indices: jax.Array, *,
                    scene_cfg: sc.SceneConfig,
                    render_cfg: rd.RenderConfig) -> dict[str, jax.Array]:
     """Renders records `indices` (int array (B,)) of the dataset `seed`."""
-    base = jax.random.key(seed)
-
     def one(index):
-        key = jax.random.fold_in(base, index)
-        scene_key, noise_key = jax.random.split(key)
+        scene_key, noise_key = record_keys(seed, index)
         scene = sc.sample_scene(scene_key, scene_cfg)
         return rd.render(scene, noise_key, render_cfg)
 
+    if render_cfg.cull:
+        # One image at a time, so the renderer's culling branches are real.
+        return jax.lax.map(one, indices)
     return jax.vmap(one)(indices)
+
+
+@functools.cache
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    # Shared and never shut down: sources are pickled into grain workers, and
+    # a pool cannot be; each process makes its own on first use.
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="render")
 
 
 class SyntheticScenes(grain.sources.RandomAccessDataSource):
@@ -52,14 +68,17 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
       seed: dataset seed; (seed, index) fixes a record.
       num_records: `len(source)`; indices wrap around modulo it.
       scene: a `SceneConfig`, or None for the default distribution.
-      aa_samples, aa_fraction, shadows, sensor_effects: see `RenderConfig`.
+      aa_samples, aa_fraction, shadows, sensor_effects, cull: see `RenderConfig`.
+      threads: concurrent render calls per batch when culling (default: one
+        per CPU core).
     """
 
     def __init__(self, *, resolution: int = 128, seed: int = 0,
                  num_records: int = 1_000_000,
                  scene: sc.SceneConfig | None = None, aa_samples: int = 4,
                  aa_fraction: float = 0.25, shadows: bool = True,
-                 sensor_effects: bool = True):
+                 sensor_effects: bool = True, cull: bool | None = None,
+                 threads: int | None = None):
         if num_records < 1:
             raise ValueError(f"num_records must be >= 1, got {num_records}")
         if not 0 <= seed < 2**32:
@@ -70,7 +89,8 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         self.render_config = rd.RenderConfig(
             resolution=resolution, aa_samples=aa_samples,
             aa_fraction=aa_fraction, shadows=shadows,
-            sensor_effects=sensor_effects)
+            sensor_effects=sensor_effects, cull=cull)
+        self.threads = int(threads or os.cpu_count() or 1)
 
     @property
     def resolution(self) -> int:
@@ -84,12 +104,23 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         return {k: v[0] for k, v in batch.items()}
 
     def render_batch(self, indices: Sequence[int] | np.ndarray) -> Sample:
-        """Renders several records in one call: dict of (B, ...) numpy arrays."""
-        idx = np.asarray(indices, dtype=np.int64) % self.num_records
-        out = render_indices(np.uint32(self.seed), idx.astype(np.uint32),
-                             scene_cfg=self.scene_config,
-                             render_cfg=self.render_config)
-        return jax.device_get(out)
+        """Renders several records in one call: dict of (B, ...) numpy arrays.
+
+        With culling on (CPU), images render one at a time inside each call,
+        so the batch is split over `threads` concurrent calls, one per core.
+        """
+        idx = (np.asarray(indices, dtype=np.int64) % self.num_records).astype(np.uint32)
+        parts = min(self.threads, len(idx)) if self.render_config.cull else 1
+        if parts <= 1:
+            return jax.device_get(self._render(idx))
+        splits = np.array_split(idx, parts)
+        outs = list(_pool(parts).map(
+            lambda part: jax.device_get(self._render(part)), splits))
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def _render(self, idx: np.ndarray):
+        return render_indices(np.uint32(self.seed), idx, scene_cfg=self.scene_config,
+                              render_cfg=self.render_config)
 
     def __repr__(self) -> str:
         return (f"SyntheticScenes(resolution={self.resolution}, seed={self.seed}, "
