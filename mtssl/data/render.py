@@ -503,13 +503,15 @@ def _blur3(img):
     return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
 
 
-def _cast(scene: sc.Scene, xs, ys, cfg: RenderConfig, visible=None):
+def _cast(scene: sc.Scene, xs, ys, cfg: RenderConfig, visible=None, count=None):
     """Traces and shades rays through pixel points (xs, ys): SoA per-ray results.
 
     Runs as a loop over chunks of rays. Besides keeping each chunk's
     temporaries in cache, the loop makes XLA materialise every result once:
     fused straight into its consumers, the shading chain would be recomputed
     for each of them (each colour channel, the exposure, the AA score...).
+    With `count` (a traced int), only the chunks holding the first `count`
+    rays run; results for the rest are zeros.
     """
     n = xs.shape[0]
     chunk = min(_CHUNK, -(-n // 2))
@@ -532,7 +534,17 @@ def _cast(scene: sc.Scene, xs, ys, cfg: RenderConfig, visible=None):
         normal_cam = tuple(_dot(normal, tuple(rot[:, c])) for c in range(3))
         return t, part, radiance, vis, normal_cam
 
-    out = jax.lax.map(body, (xs, ys, visible))
+    if count is None:
+        out = jax.lax.map(body, (xs, ys, visible))
+    else:
+        shapes = jax.eval_shape(body, (xs[0], ys[0], tuple(v[0] for v in visible)))
+        out = jax.tree.map(lambda a: jnp.zeros((chunks,) + a.shape, a.dtype), shapes)
+
+        def step(i, out):
+            res = body((xs[i], ys[i], tuple(v[i] for v in visible)))
+            return jax.tree.map(lambda buf, r: buf.at[i].set(r), out, res)
+
+        out = jax.lax.fori_loop(0, (count + chunk - 1) // chunk, step, out)
     return jax.tree.map(lambda a: a.reshape((chunks * chunk,) + a.shape[2:])[:n], out)
 
 
@@ -566,16 +578,26 @@ def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.
                  + (_neighbour_max(jnp.log(depth)) > 0.05) * 2.0
                  + sum(_neighbour_max(n.reshape(res, res)) for n in normal_cam) * 0.5)
         budget = max(1, int(cfg.aa_fraction * res * res))
-        # Pick in tile order and keep it, so chunks of AA rays stay compact.
-        _, pos = jax.lax.top_k(score.ravel()[order], budget)
-        idx = jnp.asarray(order)[jnp.sort(pos)]
+        n = res * res
+        # The highest-scoring pixels within the budget; those that need it
+        # (score > 0) go first, in tile order so chunks of AA rays stay
+        # compact, and only their chunks are traced.
+        score = score.ravel()[order]
+        _, pos = jax.lax.top_k(score, budget)
+        pos = jnp.sort(jnp.where(score[pos] > 0, pos, pos + n)) % n
+        needed = score[pos] > 0
+        idx = jnp.asarray(order)[pos]
         offsets = _aa_offsets(cfg.aa_samples)
         sx = ((idx % res + 0.5)[:, None] + offsets[None, :, 0]).ravel()
         sy = ((idx // res + 0.5)[:, None] + offsets[None, :, 1]).ravel()
-        _, _, srad, _, _ = _cast(scene, sx, sy, cfg,
-                                 tuple(jnp.repeat(v[idx], cfg.aa_samples) for v in visible))
+        _, _, srad, _, _ = _cast(
+            scene, sx, sy, cfg,
+            tuple(jnp.repeat(v[idx], cfg.aa_samples) for v in visible),
+            count=needed.sum() * cfg.aa_samples)
         radiance = tuple(
-            r.at[idx].set((r[idx] + s.reshape(budget, -1).sum(1)) / (cfg.aa_samples + 1))
+            r.at[idx].set(jnp.where(
+                needed, (r[idx] + s.reshape(budget, -1).sum(1)) / (cfg.aa_samples + 1),
+                r[idx]))
             for r, s in zip(radiance, srad))
     radiance = jnp.stack(radiance, -1)
 
