@@ -1,6 +1,7 @@
 """On-disk synthetic datasets, the grain pipeline and the preview command."""
 
 import json
+import pathlib
 
 import grain
 import numpy as np
@@ -8,6 +9,9 @@ import pytest
 from PIL import Image
 
 from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk, preview
+from mtssl.data.synthetic import from_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def _sample(batch, i):
@@ -110,4 +114,29 @@ def test_preview_of_a_folder(tmp_path, batch):
     on_disk.save_frame(tmp_path / "data", "x", _sample(batch, 1))
     path = preview.main(["--folder", str(tmp_path / "data"), "--num", "1",
                          "--resolution", "64", "--out", str(tmp_path / "out")])
+    assert path.exists()
+
+
+def test_scene_config_file_builds_the_default_source():
+    config = preview._load_config(str(CONFIGS / "scenes.py")).to_dict()
+    source = from_config(config)
+    default = SyntheticScenes()
+    assert source.scene_config == default.scene_config
+    assert source.render_config == default.render_config
+    assert from_config(preview._load_config(str(CONFIGS / "scenes.py") + ":paper")
+                       .to_dict()).resolution == 256
+
+
+def test_config_typos_name_the_valid_keys():
+    with pytest.raises(ValueError, match="unknown key.*'resolutoin'.*valid keys:.*resolution"):
+        from_config({"resolutoin": 64})
+    with pytest.raises(ValueError, match="scene config.*valid keys:.*max_objects"):
+        from_config({"scene": {"max_object": 3}})
+    with pytest.raises(ValueError, match="valid: 'paper', 'fast'"):
+        preview._load_config(str(CONFIGS / "scenes.py") + ":huge")
+
+
+def test_preview_from_a_config_file(tmp_path):
+    path = preview.main(["--config", str(CONFIGS / "scenes.py") + ":fast", "--num", "2",
+                         "--resolution", "64", "--seed", "7", "--out", str(tmp_path)])
     assert path.exists()

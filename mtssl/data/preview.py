@@ -2,12 +2,16 @@
 
     python -m mtssl.data.preview --num 16 --out previews/
     python -m mtssl.data.preview --num 8 --resolution 227 --seed 3 --out previews/
+    python -m mtssl.data.preview --config configs/scenes.py:paper --num 8 --out previews/
     python -m mtssl.data.preview --folder /data/my_synthetic --num 8 --out previews/
+
+--resolution and --seed override the config's values when given.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pathlib
 import sys
 
@@ -17,13 +21,26 @@ from PIL import Image
 from mtssl.data import on_disk, synthetic, visualize
 
 
+def _load_config(spec: str):
+    """`path/to/config.py[:arg]` -> the file's get_config(arg)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mtssl_config", path)
+    if module_spec is None or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 def main(argv: list[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(prog="python -m mtssl.data.preview",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=16, help="number of scenes")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None,
+                        help="scene config file, e.g. configs/scenes.py[:preset]")
+    parser.add_argument("--resolution", type=int, default=None, help="default 128")
+    parser.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument("--start", type=int, default=0, help="first record index")
     parser.add_argument("--per-row", type=int, default=2, help="scenes per row")
     parser.add_argument("--folder", default=None,
@@ -34,10 +51,15 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
 
     indices = np.arange(args.start, args.start + args.num)
     if args.folder:
-        source = on_disk.SyntheticFolder(root=args.folder, resolution=args.resolution)
+        source = on_disk.SyntheticFolder(root=args.folder,
+                                         resolution=args.resolution or 128)
         samples = [source[int(i) % len(source)] for i in indices]
     else:
-        source = synthetic.SyntheticScenes(resolution=args.resolution, seed=args.seed)
+        config = _load_config(args.config).to_dict() if args.config else {}
+        for key in ("resolution", "seed"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
+        source = synthetic.from_config(config)
         batch = source.render_batch(indices)
         samples = [{k: v[i] for k, v in batch.items()} for i in range(args.num)]
     out = pathlib.Path(args.out)
