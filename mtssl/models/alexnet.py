@@ -1,0 +1,67 @@
+"""The paper's encoder: CaffeNet/AlexNet with BatchNorm, fully convolutional.
+
+Layer by layer (227 px input, width 1):
+  conv1  conv 96,  k11 s4 pad 2, norm          56x56
+  pool1  ReLU, maxpool k3 s2                   27x27
+  conv2  conv 256, k5 pad 2, norm              27x27
+  pool2  ReLU, maxpool k3 s2                   13x13
+  conv3  ReLU, conv 384, k3 pad 1, norm        13x13
+  conv4  ReLU, conv 384, k3 pad 1, norm        13x13
+  conv5  ReLU, conv 256, k3 pad 1, norm        13x13  (the adapted layer)
+  pool5  ReLU, maxpool k3 s1 pad 1             13x13
+  fc6    conv 4096, k6 dilation 2 pad 5, norm  13x13  (reshapes to CaffeNet's fc6)
+  fc7    ReLU, conv 4096 k1, norm              13x13
+No groups, no LRN. `__call__` returns every tapped feature by name, taken
+after the norm and before the ReLU, as the discriminator and probes use them.
+`width` scales every channel count (0.25 gives a network for CPU runs).
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from mtssl.models.layers import make_norm, scaled
+
+TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+_CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
+             "fc6": 4096, "fc7": 4096}
+
+
+class AlexNetBN(nnx.Module):
+    def __init__(self, *, width: float = 1.0, norm: str = "batch", rngs: nnx.Rngs):
+        ch = {k: scaled(v, width) for k, v in _CHANNELS.items()}
+        self.channels = ch
+
+        def conv(name, cin, k, stride=1, pad=0, dilation=1):
+            return nnx.Conv(cin, ch[name], (k, k), strides=stride,
+                            padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
+                            rngs=rngs)
+
+        self.conv1 = conv("conv1", 3, 11, stride=4, pad=2)
+        self.conv2 = conv("conv2", ch["conv1"], 5, pad=2)
+        self.conv3 = conv("conv3", ch["conv2"], 3, pad=1)
+        self.conv4 = conv("conv4", ch["conv3"], 3, pad=1)
+        self.conv5 = conv("conv5", ch["conv4"], 3, pad=1)
+        self.fc6 = conv("fc6", ch["conv5"], 6, pad=5, dilation=2)
+        self.fc7 = conv("fc7", ch["fc6"], 1)
+        self.norms = nnx.Dict({k: make_norm(norm, ch[k], rngs=rngs) for k in TAPS})
+
+    @property
+    def out_features(self) -> int:
+        return self.channels["fc7"]
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        relu = nnx.relu
+        taps = {}
+        x = taps["conv1"] = self.norms["conv1"](self.conv1(x))
+        x = nnx.max_pool(relu(x), (3, 3), strides=(2, 2))
+        x = taps["conv2"] = self.norms["conv2"](self.conv2(x))
+        x = nnx.max_pool(relu(x), (3, 3), strides=(2, 2))
+        x = taps["conv3"] = self.norms["conv3"](self.conv3(x))
+        x = taps["conv4"] = self.norms["conv4"](self.conv4(relu(x)))
+        x = taps["conv5"] = self.norms["conv5"](self.conv5(relu(x)))
+        x = nnx.max_pool(relu(x), (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        x = taps["fc6"] = self.norms["fc6"](self.fc6(x))
+        taps["fc7"] = self.norms["fc7"](self.fc7(relu(x)))
+        return taps
