@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import make_norm, scaled
+from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 _CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
@@ -32,11 +32,12 @@ class AlexNetBN(nnx.Module):
     def __init__(self, *, width: float = 1.0, norm: str = "batch", rngs: nnx.Rngs):
         ch = {k: scaled(v, width) for k, v in _CHANNELS.items()}
         self.channels = ch
+        bias = norm_needs_bias(norm)
 
         def conv(name, cin, k, stride=1, pad=0, dilation=1):
             return nnx.Conv(cin, ch[name], (k, k), strides=stride,
                             padding=((pad, pad), (pad, pad)), kernel_dilation=dilation,
-                            rngs=rngs)
+                            use_bias=bias, rngs=rngs)
 
         self.conv1 = conv("conv1", 3, 11, stride=4, pad=2)
         self.conv2 = conv("conv2", ch["conv1"], 5, pad=2)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import make_norm, scaled
+from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 
 class PatchDiscriminator(nnx.Module):
     def __init__(self, in_features: int, *, width: float = 1.0, norm: str = "batch",
                  rngs: nnx.Rngs):
         ch = scaled(512, width)
+        bias = norm_needs_bias(norm)
         self.conv1 = nnx.Conv(in_features, ch, (3, 3), strides=2, padding="VALID",
-                              rngs=rngs)
+                              use_bias=bias, rngs=rngs)
         self.norm1 = make_norm(norm, ch, rngs=rngs)
-        self.conv2 = nnx.Conv(ch, ch, (1, 1), rngs=rngs)
+        self.conv2 = nnx.Conv(ch, ch, (1, 1), use_bias=bias, rngs=rngs)
         self.norm2 = make_norm(norm, ch, rngs=rngs)
         self.conv3 = nnx.Conv(ch, 1, (1, 1), rngs=rngs)
 

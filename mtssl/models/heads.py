@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtssl.models.layers import make_norm
+from mtssl.models.layers import make_norm, norm_needs_bias
 
 TASKS = {"depth": 1, "normals": 3, "contours": 1}   # task -> output channels
 _KERNELS = (3, 3, 5, 3)
@@ -28,8 +28,9 @@ class DenseHead(nnx.Module):
         for i, k in enumerate(_KERNELS):
             last = i == len(_KERNELS) - 1
             cout = out_channels if last else channels
-            self.ups.append(nnx.ConvTranspose(cin, cout, (k, k), strides=(2, 2),
-                                              padding="VALID", rngs=rngs))
+            self.ups.append(nnx.ConvTranspose(
+                cin, cout, (k, k), strides=(2, 2), padding="VALID",
+                use_bias=last or norm_needs_bias(norm), rngs=rngs))
             if not last:
                 self.norms.append(make_norm(norm, cout, rngs=rngs))
             cin = cout

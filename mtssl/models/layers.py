@@ -25,3 +25,10 @@ def make_norm(kind: str, features: int, *, rngs: nnx.Rngs) -> nnx.Module:
 def scaled(channels: int, width: float) -> int:
     """Channel count under a width multiplier (at least 8)."""
     return max(8, int(round(channels * width)))
+
+
+def norm_needs_bias(kind: str) -> bool:
+    """Whether a conv followed by this norm should have a bias. BatchNorm
+    subtracts each channel's mean, so a bias before it is dead weight whose
+    gradient is zero up to rounding (which Adam would amplify into noise)."""
+    return kind != "batch"
