@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 from mtssl import losses
-from mtssl.models import MultiTaskNet, PatchDiscriminator, TASKS
+from mtssl.models import MultiTaskNet, PatchDiscriminator
 from mtssl.models.alexnet import TAPS
 
 

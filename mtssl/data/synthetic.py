@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mtssl.data import render as rd
