@@ -2,14 +2,17 @@
 
 One pixel-centre ray per pixel gives the ground truth (planar depth, camera-
 frame normals, instance ids) and the first colour sample. Pixels on geometric
-edges (instance, normal or depth discontinuities, shadow boundaries) are then
-supersampled with `aa_samples` extra rays each, up to a fixed budget of
-`aa_fraction` of the image, so antialiasing costs what it is worth; texture
+edges (instance, normal or depth discontinuities) are then supersampled with
+`aa_samples` extra rays each (which reuse the centre's shadow visibility), up
+to a budget of `aa_fraction` of the image, and only the ray chunks holding
+such pixels are traced, so antialiasing costs what it is worth; texture
 patterns are band-limited by the pixel footprint instead, which is the
 standard alternative to supersampling them.
 
-All functions are pure JAX over fixed shapes: `render(scene, cfg)` jits, vmaps
-over a batch of scenes, and runs unchanged on CPU, GPU and TPU.
+All functions are pure JAX over fixed shapes: `render(scene, key, cfg)` jits,
+vmaps over a batch of scenes, and runs unchanged on CPU, GPU and TPU. With
+`cfg.cull` (the CPU default) it skips work with real branches, which pays
+only when images are rendered one at a time (see `trace`).
 
 Conventions: camera frame is OpenCV (x right, y down, z forward); depth is the
 z coordinate of the hit point in that frame (metres); normals are unit vectors
