@@ -1,0 +1,172 @@
+"""Real-image sources for the adversarial domain: grain RandomAccessDataSources
+that yield {"image": uint8 (resolution, resolution, 3)}.
+
+* `PackagePhotos`: random crops of the photographs shipped inside
+  scikit-image: the embedded default, no download (a stand-in for Places365
+  that lets everything run on a fresh machine).
+* `ImageFolder`: every image below a folder (jpg, png, bmp, webp, ...).
+* `TfdsImages`: any TFDS dataset prepared as ArrayRecord, read through
+  `tfds.data_source` without TensorFlow (e.g. `places365_small`,
+  `imagenet2012`).
+
+Geometry, shared by all three (`crop_and_resize`): `random_crop` takes a
+random square of `min_scale`..1 of the shorter side and flips it half the
+time, then resizes; `center_crop` takes the central square; `resize` squashes
+the whole image to the square, as the reference did with Places365 ("resized
+to 227"). Record i is a pure function of (seed, i).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import pathlib
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+from PIL import Image
+
+CROPS = ("random_crop", "center_crop", "resize")
+# Photographs (not drawings or documents) in scikit-image's bundled data.
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
+          "brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Any 2-D/3-D image array -> uint8 RGB (gray is repeated, alpha dropped)."""
+    a = np.asarray(image)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        hi = 65535.0 if a.max(initial=0) > 255 else (255.0 if a.max(initial=0) > 1 else 1.0)
+        a = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def crop_and_resize(image: np.ndarray, resolution: int, mode: str,
+                    rng: np.random.Generator, min_scale: float = 0.35) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> (resolution, resolution, 3) by `mode` in CROPS."""
+    if mode not in CROPS:
+        raise ValueError(f"unknown crop mode {mode!r}; valid: {CROPS}")
+    h, w = image.shape[:2]
+    if mode == "resize":
+        box = (0, 0, w, h)
+        flip = False
+    else:
+        side = min(h, w)
+        if mode == "random_crop":
+            side = max(1, int(round(side * rng.uniform(min_scale, 1.0))))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            flip = bool(rng.random() < 0.5)
+        else:
+            top, left, flip = (h - side) // 2, (w - side) // 2, False
+        box = (int(left), int(top), int(left) + side, int(top) + side)
+    out = Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR, box=box)
+    out = np.asarray(out)
+    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+class _CroppedImages(grain.sources.RandomAccessDataSource):
+    """Shared __getitem__: load record -> to_rgb -> crop_and_resize."""
+
+    def __init__(self, resolution: int, seed: int, crop: str, min_scale: float):
+        if crop not in CROPS:
+            raise ValueError(f"unknown crop mode {crop!r}; valid: {CROPS}")
+        self.resolution, self.seed, self.crop = int(resolution), int(seed), crop
+        self.min_scale = float(min_scale)
+
+    @abc.abstractmethod
+    def _load(self, index: int) -> np.ndarray:
+        """Record `index` as an image array (any dtype, gray, RGB or RGBA)."""
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        image = to_rgb(self._load(int(index)))
+        return {"image": crop_and_resize(image, self.resolution, self.crop, rng,
+                                         self.min_scale)}
+
+
+@functools.cache
+def _photo(name: str) -> np.ndarray:
+    import skimage.data  # imported lazily: only this source needs it
+    return to_rgb(getattr(skimage.data, name)())
+
+
+class PackagePhotos(_CroppedImages):
+    """Random crops of scikit-image's bundled photographs (keyword args only).
+
+    `num_records` crops cycle through `photos`; with the default random crop
+    and flip, every record is a different view.
+    """
+
+    def __init__(self, *, resolution: int = 128, seed: int = 0,
+                 num_records: int = 100_000, photos: Sequence[str] = PHOTOS,
+                 crop: str = "random_crop", min_scale: float = 0.35):
+        super().__init__(resolution, seed, crop, min_scale)
+        unknown = [p for p in photos if p not in PHOTOS]
+        if unknown or not photos:
+            raise ValueError(f"photos must be a non-empty subset of {PHOTOS}, got {unknown}")
+        self.photos, self.num_records = tuple(photos), int(num_records)
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def _load(self, index: int) -> np.ndarray:
+        return _photo(self.photos[index % len(self.photos)])
+
+    def __repr__(self) -> str:
+        return (f"PackagePhotos(resolution={self.resolution}, photos={len(self.photos)}, "
+                f"num_records={self.num_records}, crop={self.crop!r})")
+
+
+class ImageFolder(_CroppedImages):
+    """Every image file below `root` (recursive, sorted by path)."""
+
+    def __init__(self, *, root: str | pathlib.Path, resolution: int = 128,
+                 seed: int = 0, crop: str = "random_crop", min_scale: float = 0.35):
+        super().__init__(resolution, seed, crop, min_scale)
+        self.root = pathlib.Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {self.root} does not exist")
+        self.files = sorted(p for p in self.root.rglob("*")
+                            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) below {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> np.ndarray:
+        with Image.open(self.files[index]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, images={len(self)})"
+
+
+class TfdsImages(_CroppedImages):
+    """The `image` feature of a TFDS dataset through `tfds.data_source`."""
+
+    def __init__(self, *, name: str, split: str = "train", data_dir: str | None = None,
+                 resolution: int = 128, seed: int = 0, crop: str = "random_crop",
+                 min_scale: float = 0.35):
+        super().__init__(resolution, seed, crop, min_scale)
+        import tensorflow_datasets as tfds  # imported lazily: heavy
+        self.name, self.split = name, split
+        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _load(self, index: int) -> np.ndarray:
+        return self._source[index]["image"]
+
+    def __repr__(self) -> str:
+        return f"TfdsImages(name={self.name!r}, split={self.split!r}, records={len(self)})"
