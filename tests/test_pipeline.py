@@ -1,0 +1,71 @@
+"""The zipped training pipeline: normalisation, shared crops, determinism."""
+
+import grain
+import numpy as np
+import pytest
+
+from mtssl.data import pipeline, real
+
+
+def test_normalize_by_hand():
+    img = np.array([[[255, 0, 51]]], np.uint8)
+    np.testing.assert_allclose(pipeline.normalize_images(img)[0, 0],
+                               [1 - 0.485, 0 - 0.456, 0.2 - 0.406], atol=1e-6)
+    gray = pipeline.normalize_images(img, channel=2)[0, 0]
+    np.testing.assert_allclose(gray, [0.2 - 0.485, 0.2 - 0.456, 0.2 - 0.406], atol=1e-6)
+
+
+def test_synthetic_crop_is_shared_by_all_maps():
+    n, h = 3, 10
+    yy, xx = np.meshgrid(np.arange(h), np.arange(h), indexing="ij")
+    coord = (yy * 100 + xx).astype(np.float32)
+    batch = {"image": np.repeat(coord[None, ..., None], 3, -1).repeat(n, 0).astype(np.uint16),
+             "depth": np.repeat(coord[None], n, 0),
+             "normals": np.repeat(coord[None, ..., None], 3, -1).repeat(n, 0),
+             "contours": np.repeat((coord % 2 == 0)[None], n, 0)}
+    out = pipeline.CropSynthetic(6).random_map(batch, np.random.default_rng(0))
+    assert out["depth"].shape == (3, 6, 6)
+    for i in range(n):
+        np.testing.assert_array_equal(out["image"][i, ..., 0], out["depth"][i])
+        np.testing.assert_array_equal(out["normals"][i, ..., 2], out["depth"][i])
+        np.testing.assert_array_equal(out["contours"][i], out["depth"][i] % 2 == 0)
+        # A contiguous window of the original.
+        assert np.all(np.diff(out["depth"][i], axis=1) == 1)
+    with pytest.raises(ValueError, match="larger than"):
+        pipeline.CropSynthetic(12).random_map(batch, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def dataset(source):
+    photos = real.PackagePhotos(resolution=48, num_records=64)
+    return pipeline.make_train_dataset(source, photos, batch_size=4, image_size=48,
+                                       seed=0, grayscale=True)
+
+
+def test_elements_have_the_training_layout(dataset):
+    el = dataset[0]
+    syn, rl = el["synthetic"], el["real"]
+    assert syn["image"].shape == (4, 48, 48, 3) and syn["image"].dtype == np.float32
+    assert syn["depth"].shape == (4, 48, 48) and syn["normals"].shape == (4, 48, 48, 3)
+    assert syn["contours"].dtype == bool
+    assert rl["image"].shape == (4, 48, 48, 3)
+    # Grayscale trick: after the mean, channels differ only by the mean.
+    for x in (syn["image"], rl["image"]):
+        g = x + pipeline.IMAGENET_MEAN
+        np.testing.assert_allclose(g[..., 0], g[..., 1], atol=1e-6)
+        assert -0.5 <= x.min() and x.max() <= 0.6
+
+
+def test_dataset_is_deterministic_and_resumes(dataset):
+    np.testing.assert_array_equal(dataset[5]["real"]["image"], dataset[5]["real"]["image"])
+    assert not np.array_equal(dataset[5]["real"]["image"], dataset[6]["real"]["image"])
+    it = iter(dataset.to_iter_dataset())
+    next(it)
+    state = it.get_state()
+    expected = next(it)
+    resumed = iter(dataset.to_iter_dataset())
+    resumed.set_state(state)
+    got = next(resumed)
+    np.testing.assert_array_equal(got["synthetic"]["depth"], expected["synthetic"]["depth"])
+    np.testing.assert_array_equal(got["real"]["image"], expected["real"]["image"])
+    assert isinstance(dataset, grain.MapDataset)
