@@ -129,8 +129,11 @@ def _split(module):
 def create(config, image_size: int, key: jax.Array):
     """Builds (Static, init_fn). init_fn(key) -> TrainState, pure and jittable.
 
-    config: a ConfigDict with `model`, `loss`, `optim` and `da` sections (see
-    configs/pretrain.py).
+    config: a ConfigDict with sections `model` (tasks, width, norm,
+    head_channels, disc_width, adapt_layer), `loss` (depth_variant,
+    contour_weighting, gan, weights), `optim` (g_lr, g_b1, g_b2, d_lr,
+    d_momentum, d_weight_decay, lr_decay_steps, lr_decay_factor) and `da`
+    (enabled, pool_size); tests/test_steps.py:step_config builds one.
     """
     m = config.model
     adapt = m.adapt_layer

@@ -380,13 +380,14 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     ca, cb = _rows(materials.color_a, part), _rows(materials.color_b, part)
     tex = materials.texture[part]
     freq = materials.frequency[part]
-    rot_c, rot_s = materials.orientation[:, 0][part], materials.orientation[:, 1][part]
+    rot_c, rot_s = _rows(materials.orientation, part)
     seed = materials.seed[part]
     # Planar coordinates: the two local axes other than the normal's.
     lx, ly, lz = local
     u = jnp.where(axis == 0, ly, lx)
     v = jnp.where(axis == 2, ly, lz)
-    ru = (rot_c * u + rot_s * v) * freq
+    along = rot_c * u + rot_s * v        # metres along the pattern direction
+    ru = along * freq
     rv = (-rot_s * u + rot_c * v) * freq
 
     stripes = _parity(ru)
@@ -398,7 +399,7 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     tri = jnp.abs(2.0 * (x - jnp.floor(x)) - 1.0)
     wood = tri * tri * (3.0 - 2.0 * tri)
     # Gradient: a slow ramp over a few metres, independent of the frequency.
-    gradient = jnp.clip(0.5 + 0.3 * (rot_c * u + rot_s * v), 0.0, 1.0)
+    gradient = jnp.clip(0.5 + 0.3 * along, 0.0, 1.0)
     mix = jnp.where(tex == 1, stripes, jnp.where(tex == 2, checker, jnp.where(
         tex == 3, noise, jnp.where(tex == 4, wood, gradient))))
     # Band-limit: a pattern with period 1/freq seen through a pixel of width
