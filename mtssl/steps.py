@@ -31,8 +31,8 @@ import optax
 from flax import nnx
 
 from mtssl import losses
-from mtssl.models import MultiTaskNet, PatchDiscriminator
-from mtssl.models.alexnet import TAPS
+from mtssl.config import tasks_of
+from mtssl.models import MultiTaskNet, PatchDiscriminator, encoder_taps
 
 
 @flax.struct.dataclass
@@ -101,24 +101,26 @@ class Static:
     depth_variant: str
     contour_weighting: str
     gan: str
+    g_lr: optax.Schedule       # G's learning rate per step (for logging)
 
 
-def _schedule(lr: float, boundaries, factor: float):
-    return optax.piecewise_constant_schedule(
-        lr, {int(b): factor for b in boundaries}) if boundaries else lr
+def _schedule(lr: float, boundaries, factor: float) -> optax.Schedule:
+    return optax.piecewise_constant_schedule(lr, {int(b): factor for b in boundaries})
 
 
-def make_optimizers(optim) -> tuple[optax.GradientTransformation, ...]:
+def make_optimizers(optim, steps_per_epoch: int):
     """G: Adam (lr 1e-3, betas 0.5/0.999); D: SGD momentum 0.9 with weight
     decay 5e-4 added to the gradient (PyTorch semantics). Both decay by
-    `lr_decay_factor` at each of `lr_decay_steps`."""
-    g_tx = optax.adam(_schedule(optim.g_lr, optim.lr_decay_steps, optim.lr_decay_factor),
-                      b1=optim.g_b1, b2=optim.g_b2)
+    `lr_decay_factor` at each of `lr_decay_epochs` (the schedule the
+    reference defined but never applied). Returns (g_tx, d_tx, g_schedule)."""
+    boundaries = [round(e * steps_per_epoch) for e in optim.lr_decay_epochs]
+    g_schedule = _schedule(optim.g_lr, boundaries, optim.lr_decay_factor)
+    g_tx = optax.adam(g_schedule, b1=optim.g_b1, b2=optim.g_b2)
     d_tx = optax.chain(
         optax.add_decayed_weights(optim.d_weight_decay),
-        optax.sgd(_schedule(optim.d_lr, optim.lr_decay_steps, optim.lr_decay_factor),
+        optax.sgd(_schedule(optim.d_lr, boundaries, optim.lr_decay_factor),
                   momentum=optim.d_momentum))
-    return g_tx, d_tx
+    return g_tx, d_tx, g_schedule
 
 
 def _split(module):
@@ -126,24 +128,23 @@ def _split(module):
     return graphdef, params, stats
 
 
-def create(config, image_size: int, key: jax.Array):
+def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
     """Builds (Static, init_fn). init_fn(key) -> TrainState, pure and jittable.
 
-    config: a ConfigDict with sections `model` (tasks, width, norm,
-    head_channels, disc_width, adapt_layer), `loss` (depth_variant,
-    contour_weighting, gan, weights), `optim` (g_lr, g_b1, g_b2, d_lr,
-    d_momentum, d_weight_decay, lr_decay_steps, lr_decay_factor) and `da`
-    (enabled, pool_size); tests/test_steps.py:step_config builds one.
+    config: the pretraining ConfigDict (`mtssl.config.defaults()`); only its
+    `model`, `loss`, `optim` and `da` sections are read here.
+    steps_per_epoch: converts `optim.lr_decay_epochs` into steps.
     """
     m = config.model
     adapt = m.adapt_layer
-    if adapt not in TAPS:
-        raise ValueError(f"unknown adapt_layer {adapt!r}; valid: {TAPS}")
-    tasks = tuple(m.tasks)
+    taps = encoder_taps(m.encoder)
+    if adapt not in taps:
+        raise ValueError(f"unknown adapt_layer {adapt!r}; valid: {', '.join(taps)}")
+    tasks = tasks_of(config)
 
     def build(key):
         k_g, k_d = jax.random.split(key)
-        net = MultiTaskNet(tasks=tasks, width=m.width, norm=m.norm,
+        net = MultiTaskNet(tasks=tasks, encoder=m.encoder, width=m.width, norm=m.norm,
                            head_channels=m.head_channels, rngs=nnx.Rngs(k_g))
         disc = PatchDiscriminator(net.encoder.channels[adapt], width=m.disc_width,
                                   norm=m.norm, rngs=nnx.Rngs(k_d))
@@ -155,7 +156,7 @@ def create(config, image_size: int, key: jax.Array):
     feature_shape = jax.eval_shape(
         lambda k: build(k)[0].encoder(jnp.zeros((2, image_size, image_size, 3)))[adapt],
         key).shape[1:]
-    g_tx, d_tx = make_optimizers(config.optim)
+    g_tx, d_tx, g_schedule = make_optimizers(config.optim, steps_per_epoch)
     weights = tuple((t, float(config.loss.weights[t])) for t in tasks) + (
         ("adversarial", float(config.loss.weights.adversarial)),)
     static = Static(g_def=g_def, d_def=d_def, g_tx=g_tx, d_tx=d_tx, tasks=tasks,
@@ -163,7 +164,7 @@ def create(config, image_size: int, key: jax.Array):
                     domain_adaptation=bool(config.da.enabled),
                     depth_variant=config.loss.depth_variant,
                     contour_weighting=config.loss.contour_weighting,
-                    gan=config.loss.gan)
+                    gan=config.loss.gan, g_lr=g_schedule)
 
     def init(key: jax.Array) -> TrainState:
         k_model, k_rng = jax.random.split(key)
@@ -259,12 +260,20 @@ def train_step(state: TrainState, batch, *, static: Static):
     g_params = optax.apply_updates(state.g_params, updates)
 
     metrics.update({f"loss/{k}": v for k, v in per_task.items()})
-    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads))
+    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
+                   g_lr=static.g_lr(state.step))
     new_state = state.replace(
         step=state.step + 1, rng=next_rng, g_params=g_params, g_stats=g_stats,
         d_params=d_params, d_stats=d_stats, g_opt=g_opt, d_opt=d_opt,
         pool_synthetic=pool_syn, pool_real=pool_real)
     return new_state, metrics
+
+
+def predict(state: TrainState, images: jax.Array, *, static: Static):
+    """Inference-mode predictions (BatchNorm with its running statistics)."""
+    model = nnx.merge(static.g_def, state.g_params, state.g_stats, copy=True)
+    model.eval()
+    return model(images)[1]
 
 
 def compile_step(static: Static, mesh: jax.sharding.Mesh, abstract_state):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mtssl.models import MultiTaskNet, PatchDiscriminator, alexnet
+from mtssl.models import MultiTaskNet, PatchDiscriminator, alexnet, encoder_taps, resnet
+from mtssl.models.layers import conv_transpose_2x, dilated_conv, dilated_conv_im2col
 
 
 def test_alexnet_geometry_at_227():
@@ -83,3 +84,68 @@ def test_batchnorm_uses_each_batch_statistics_in_training():
     enc.eval()
     c = enc(x * 3.0 + 1.0)["conv1"]   # running averages now: not normalised away
     assert float(jnp.abs(c.mean((0, 1, 2))).max()) > 1e-2
+
+
+@pytest.mark.parametrize("depth,expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_resnet_taps_and_dilated_last_stage(depth, expansion):
+    enc = resnet.ResNetBN(depth=depth, width=0.125, rngs=nnx.Rngs(0))
+    taps = enc(jax.random.normal(jax.random.key(0), (2, 227, 227, 3)))
+    assert tuple(taps) == encoder_taps(depth) == resnet.TAPS
+    sizes = {k: v.shape[1:3] for k, v in taps.items()}
+    # Output stride 16 at conv5 (dilated), not 32: a 15x15 map like AlexNet's 13x13.
+    assert sizes == {"conv1": (114, 114), "conv2": (57, 57), "conv3": (29, 29),
+                     "conv4": (15, 15), "conv5": (15, 15)}
+    assert taps["conv5"].shape[-1] == 64 * expansion == enc.out_features
+    assert float(taps["conv5"].min()) < 0     # pre-ReLU
+
+
+def test_multitask_net_on_resnet_and_unknown_encoder():
+    net = MultiTaskNet(encoder="resnet18", width=0.125, head_channels=8,
+                       rngs=nnx.Rngs(0))
+    taps, preds = net(jnp.zeros((2, 96, 96, 3)))
+    assert "fc7" not in taps and preds["normals"].shape == (2, 96, 96, 3)
+    with pytest.raises(ValueError, match="alexnet, resnet18, resnet50"):
+        MultiTaskNet(encoder="vgg16", rngs=nnx.Rngs(0))
+
+
+def _value_and_grads(f, x, w):
+    def loss(x, w):
+        y = f(x, w)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+    return f(x, w), jax.grad(loss, argnums=(0, 1))(x, w)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_phase_transposed_conv_equals_conv_transpose(k):
+    module = nnx.ConvTranspose(6, 5, (k, k), strides=(2, 2), padding="VALID",
+                               use_bias=False, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 6))
+    plain = lambda x, w: jax.lax.conv_transpose(  # noqa: E731  nnx.ConvTranspose's op
+        x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    w = module.kernel[...]
+    np.testing.assert_allclose(plain(x, w), module(x), atol=1e-6)
+    y0, (gx0, gw0) = _value_and_grads(plain, x, w)
+    y1, (gx1, gw1) = _value_and_grads(conv_transpose_2x, x, w)
+    assert y1.shape == (2, 2 * 6 + k, 2 * 8 + k, 5)
+    for a, b in ((y0, y1), (gx0, gx1), (gw0, gw1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,pad,dilation", [(6, 5, 2), (3, 2, 2)])
+def test_im2col_dilated_conv_equals_the_module(k, pad, dilation):
+    conv = nnx.Conv(6, 7, (k, k), padding=((pad, pad), (pad, pad)),
+                    kernel_dilation=dilation, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 6, 6))
+    plain = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
+
+    def rewritten(x, w):
+        return dilated_conv_im2col(x, w, conv.padding, (dilation, dilation)) + conv.bias[...]
+
+    np.testing.assert_allclose(dilated_conv(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    w = conv.kernel[...]
+    y0, g0 = _value_and_grads(plain, x, w)
+    y1, g1 = _value_and_grads(rewritten, x, w)
+    for a, b in zip((y0, *g0), (y1, *g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -12,19 +12,17 @@ import numpy as np
 import pytest
 
 from mtssl import steps
+from mtssl.config import defaults
 
 RES = 64
 
 
 def step_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = dict(tasks=("depth", "normals", "contours"), width=0.125, norm="batch",
-                   head_channels=8, disc_width=0.0625, adapt_layer="conv5")
-    c.loss = dict(depth_variant="reference", contour_weighting="reference", gan="bce",
-                  weights=dict(depth=5.0, normals=10.0, contours=1.0, adversarial=0.05))
-    c.optim = dict(g_lr=1e-3, g_b1=0.5, g_b2=0.999, d_lr=1e-3, d_momentum=0.9,
-                   d_weight_decay=5e-4, lr_decay_steps=(), lr_decay_factor=0.1)
-    c.da = dict(enabled=True, pool_size=8)
+    """The paper's config with a tiny network; overrides as {"section.key": v}."""
+    c = defaults()
+    c.model.update(width=0.125, head_channels=8, disc_width=0.0625)
+    c.optim.lr_decay_epochs = ()
+    c.da.pool_size = 8
     for path, value in overrides.items():
         section, key = path.split(".")
         c[section][key] = value
@@ -169,3 +167,21 @@ def test_one_device_and_four_devices_train_alike(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "OK" in proc.stdout
+
+
+def test_lr_schedule_decays_at_the_configured_epochs(batch):
+    cfg = step_config(**{"optim.lr_decay_epochs": (1.0, 1.5), "da.enabled": False})
+    static, init = steps.create(cfg, RES, jax.random.key(0), steps_per_epoch=2)
+    state = jax.jit(init)(jax.random.key(0))
+    step = jax.jit(lambda s, b: steps.train_step(s, b, static=static))
+    lrs, moves = [], []
+    for _ in range(4):
+        before = jax.device_get(state.g_params)
+        state, metrics = step(state, batch)
+        lrs.append(float(metrics["g_lr"]))
+        moves.append(np.mean([np.abs(a - b).mean() for a, b in zip(
+            jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.g_params)))]))
+    # Steps 0, 1 at 1e-3; x0.1 from step 2 (epoch 1) and again from step 3.
+    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
+    # And Adam really takes the smaller steps (its step is about lr per weight).
+    assert moves[2] < 0.3 * moves[1] and moves[3] < 0.3 * moves[2]

@@ -64,15 +64,15 @@ class Preprocess(grain.transforms.RandomMap):
     grayscale: bool
 
     def random_map(self, pair, rng: np.random.Generator):
-        syn, real = pair
+        syn, real = pair if isinstance(pair, tuple) else (pair, None)
         channel = int(rng.integers(0, 3)) if self.grayscale else None
-        return {
-            "synthetic": {"image": normalize_images(syn["image"], channel),
-                          "depth": syn["depth"].astype(np.float32),
-                          "normals": syn["normals"].astype(np.float32),
-                          "contours": syn["contours"].astype(bool)},
-            "real": {"image": normalize_images(real["image"], channel)},
-        }
+        out = {"synthetic": {"image": normalize_images(syn["image"], channel),
+                             "depth": syn["depth"].astype(np.float32),
+                             "normals": syn["normals"].astype(np.float32),
+                             "contours": syn["contours"].astype(bool)}}
+        if real is not None:
+            out["real"] = {"image": normalize_images(real["image"], channel)}
+        return out
 
 
 def _shuffled_indices(n: int, seed: int) -> grain.MapDataset:
@@ -101,9 +101,11 @@ class _GatherBatch(grain.transforms.Map):
 
 def make_train_dataset(synthetic_source, real_source, *, batch_size: int,
                        image_size: int, seed: int, grayscale: bool) -> grain.MapDataset:
-    """The zipped, preprocessed, endless training dataset (per-process batch)."""
+    """The zipped, preprocessed, endless training dataset (per-process batch).
+    With `real_source=None` (no domain adaptation) elements have no "real"."""
     syn = _batches(synthetic_source, batch_size, seed).random_map(
         CropSynthetic(image_size), seed=seed + 1)
-    real = _batches(real_source, batch_size, seed + 2)
-    zipped = grain.experimental.ZipMapDataset([syn, real])
-    return zipped.random_map(Preprocess(grayscale), seed=seed + 3)
+    if real_source is not None:
+        real = _batches(real_source, batch_size, seed + 2)
+        syn = grain.experimental.ZipMapDataset([syn, real])
+    return syn.random_map(Preprocess(grayscale), seed=seed + 3)

@@ -3,7 +3,9 @@
 `MultiTaskNet(encoder + heads)` is the network trained on synthetic images;
 `PatchDiscriminator` judges one of its tapped feature maps. Which tasks and
 which encoder are configuration, not code: any non-empty subset of
-`heads.TASKS`, and any encoder in `ENCODERS` (all return named taps).
+`heads.TASKS`, and any encoder in `ENCODERS`. An encoder returns a dict of
+named taps (`encoder_taps(name)`), has `channels` per tap, and names the tap
+its heads decode from (`head_input`: fc7 for AlexNet, conv5 for ResNets).
 """
 
 from __future__ import annotations
@@ -13,11 +15,25 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from mtssl.models import alexnet, heads
+from mtssl.models import alexnet, heads, resnet
 from mtssl.models.discriminator import PatchDiscriminator
 from mtssl.models.heads import TASKS
 
-ENCODERS = ("alexnet",)
+ENCODERS = ("alexnet", "resnet18", "resnet50")
+
+
+def encoder_taps(encoder: str) -> tuple[str, ...]:
+    """The named features an encoder returns (adaptable and probeable)."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; valid: {', '.join(ENCODERS)}")
+    return alexnet.TAPS if encoder == "alexnet" else resnet.TAPS
+
+
+def make_encoder(encoder: str, *, width: float, norm: str, rngs: nnx.Rngs) -> nnx.Module:
+    encoder_taps(encoder)
+    if encoder == "alexnet":
+        return alexnet.AlexNetBN(width=width, norm=norm, rngs=rngs)
+    return resnet.ResNetBN(depth=encoder, width=width, norm=norm, rngs=rngs)
 
 
 class MultiTaskNet(nnx.Module):
@@ -36,10 +52,8 @@ class MultiTaskNet(nnx.Module):
         if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks must be a non-empty subset of {tuple(TASKS)}, "
                              f"got {tasks}")
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; valid: {ENCODERS}")
         self.tasks = tasks
-        self.encoder = alexnet.AlexNetBN(width=width, norm=norm, rngs=rngs)
+        self.encoder = make_encoder(encoder, width=width, norm=norm, rngs=rngs)
         self.heads = nnx.Dict({
             t: heads.DenseHead(self.encoder.out_features, TASKS[t],
                                channels=head_channels, norm=norm, rngs=rngs)
@@ -48,9 +62,10 @@ class MultiTaskNet(nnx.Module):
     def __call__(self, images: jax.Array):
         taps = self.encoder(images)
         size = images.shape[1:3]
-        preds = {t: heads.postprocess(t, self.heads[t](taps["fc7"], size))
+        preds = {t: heads.postprocess(t, self.heads[t](taps[self.encoder.head_input], size))
                  for t in self.tasks}
         return taps, preds
 
 
-__all__ = ["ENCODERS", "MultiTaskNet", "PatchDiscriminator", "TASKS"]
+__all__ = ["ENCODERS", "MultiTaskNet", "PatchDiscriminator", "TASKS", "encoder_taps",
+           "make_encoder"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import make_norm, norm_needs_bias, scaled
+from mtssl.models.layers import dilated_conv, make_norm, norm_needs_bias, scaled
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 _CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
@@ -48,6 +48,9 @@ class AlexNetBN(nnx.Module):
         self.fc7 = conv("fc7", ch["fc6"], 1)
         self.norms = nnx.Dict({k: make_norm(norm, ch[k], rngs=rngs) for k in TAPS})
 
+    taps = TAPS
+    head_input = "fc7"
+
     @property
     def out_features(self) -> int:
         return self.channels["fc7"]
@@ -63,6 +66,6 @@ class AlexNetBN(nnx.Module):
         x = taps["conv4"] = self.norms["conv4"](self.conv4(relu(x)))
         x = taps["conv5"] = self.norms["conv5"](self.conv5(relu(x)))
         x = nnx.max_pool(relu(x), (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-        x = taps["fc6"] = self.norms["fc6"](self.fc6(x))
+        x = taps["fc6"] = self.norms["fc6"](dilated_conv(self.fc6, x))
         taps["fc7"] = self.norms["fc7"](self.fc7(relu(x)))
         return taps

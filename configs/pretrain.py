@@ -1,0 +1,43 @@
+"""Pretraining configs.
+
+    python -m mtssl.main --config=configs/pretrain.py --workdir=runs/paper
+    python -m mtssl.main --config=configs/pretrain.py:runlocal --workdir=runs/local
+
+No argument: the paper's recipe (see `mtssl/config.py`, where every field is
+listed and commented): AlexNet-BN encoder, depth + normals + contours heads,
+conv5 patch discriminator, 227 px crops of 256 px renders, batch 224
+synthetic + 224 real, Adam 1e-3 (b1 0.5) / SGD 1e-3 (momentum 0.9, wd 5e-4),
+30 epochs of 1.5M renders with x0.1 decays at epochs 18 and 27.
+
+`runlocal`: a narrow network at 96 px that learns visibly within minutes on a
+2-core CPU; the data are the embedded defaults (the scene engine and
+scikit-image's photos), so nothing is downloaded.
+
+Ablations are overrides, e.g. --config.model.tasks="('depth',)",
+--config.da.enabled=False, --config.model.adapt_layer=conv4,
+--config.loss.gan=lsgan, --config.data.grayscale=False,
+--config.model.norm=group, --config.model.encoder=resnet18.
+"""
+
+from mtssl.config import defaults
+
+
+def get_config(arg: str | None = None):
+    c = defaults()
+    if arg == "runlocal":
+        c.image_size = 96
+        c.batch_size = 16
+        c.num_steps = 1000
+        c.synthetic.render.resolution = 104
+        c.synthetic.render.num_records = 100_000
+        c.model.width = 0.25
+        c.model.head_channels = 16
+        c.model.disc_width = 0.25
+        c.optim.lr_decay_epochs = ()
+        c.da.pool_size = 64
+        c.log.every_steps = 25
+        c.log.images_every_steps = 200
+        c.checkpoint.every_steps = 200
+    elif arg:
+        raise ValueError(f"unknown preset {arg!r}; valid: 'runlocal' (or none)")
+    return c

@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmark scripts in experiments/."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import platform
+import resource
+
+import jax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_config(spec: str):
+    """'configs/pretrain.py:runlocal' -> that file's get_config('runlocal')."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("config", ROOT / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,0 +1,212 @@
+"""Where training metrics go: the console, JSONL, TensorBoard, PNG files.
+
+`MetricWriter(workdir)` writes, on process 0 only:
+  * `<workdir>/metrics.jsonl`: one JSON object per logged step
+    ({"step": ..., "time": ..., "<name>": value, ...}), easy to load in
+    pandas or a notebook;
+  * `<workdir>/tensorboard/events.out.tfevents.*`: TensorBoard scalars and
+    images, written by the small event-file encoder below (TensorBoard's
+    file format is a TFRecord of `Event` protos), so neither TensorFlow nor
+    the tensorboard package is needed to write them; `read_events` reads
+    them back;
+  * `<workdir>/images/<name>_<step>.png`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+from etils import epath
+from PIL import Image
+
+# --- TFRecord framing and the few Event proto fields TensorBoard needs --------
+
+_CRC_TABLE = []
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC_TABLE.append(_c)
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _record(data: bytes) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return (length + struct.pack("<I", _masked_crc(length)) + data
+            + struct.pack("<I", _masked_crc(data)))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits, n = n & 0x7F, n >> 7
+        out.append(bits | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int) -> bytes:
+    return _varint(number << 3 | wire)
+
+
+def _bytes_field(number: int, payload: bytes) -> bytes:
+    return _field(number, 2) + _varint(len(payload)) + payload
+
+
+def _event(step: int, wall_time: float, *, summary: bytes = b"",
+           file_version: str | None = None) -> bytes:
+    out = _field(1, 1) + struct.pack("<d", wall_time) + _field(2, 0) + _varint(step)
+    if file_version is not None:
+        out += _bytes_field(3, file_version.encode())
+    if summary:
+        out += _bytes_field(5, summary)
+    return out
+
+
+def _scalar_value(tag: str, value: float) -> bytes:
+    return _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5)
+                        + struct.pack("<f", value))
+
+
+def _image_value(tag: str, png: bytes, height: int, width: int) -> bytes:
+    image = (_field(1, 0) + _varint(height) + _field(2, 0) + _varint(width)
+             + _field(3, 0) + _varint(3) + _bytes_field(4, png))
+    return _bytes_field(1, _bytes_field(1, tag.encode()) + _bytes_field(4, image))
+
+
+def _parse(buf: bytes) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) of one protobuf message."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+    while i < len(buf):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            yield number, wire, varint()
+        elif wire == 1:
+            yield number, wire, buf[i:i + 8]
+            i += 8
+        elif wire == 5:
+            yield number, wire, buf[i:i + 4]
+            i += 4
+        elif wire == 2:
+            n = varint()
+            yield number, wire, buf[i:i + n]
+            i += n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def read_events(path: str | epath.Path) -> list[dict]:
+    """Reads an event file: one dict per event with `step`, `wall_time` and
+    `scalars` {tag: value} / `images` {tag: png bytes}. CRCs are checked."""
+    data = epath.Path(path).read_bytes()
+    events, i = [], 0
+    while i < len(data):
+        (length,) = struct.unpack("<Q", data[i:i + 8])
+        (len_crc,) = struct.unpack("<I", data[i + 8:i + 12])
+        payload = data[i + 12:i + 12 + length]
+        (data_crc,) = struct.unpack("<I", data[i + 12 + length:i + 16 + length])
+        if len_crc != _masked_crc(data[i:i + 8]) or data_crc != _masked_crc(payload):
+            raise ValueError(f"{path}: corrupt record at byte {i}")
+        i += 16 + length
+        event = {"scalars": {}, "images": {}}
+        for number, _, value in _parse(payload):
+            if number == 1:
+                (event["wall_time"],) = struct.unpack("<d", value)
+            elif number == 2:
+                event["step"] = value
+            elif number == 5:
+                for _, _, v in _parse(value):
+                    fields = {n: x for n, _, x in _parse(v)}
+                    tag = fields[1].decode()
+                    if 2 in fields:
+                        event["scalars"][tag] = struct.unpack("<f", fields[2])[0]
+                    elif 4 in fields:
+                        event["images"][tag] = {n: x for n, _, x in _parse(fields[4])}[4]
+        events.append(event)
+    return events
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class MetricWriter:
+    """Scalars to JSONL + TensorBoard, images to PNG + TensorBoard.
+
+    Only process 0 writes; other processes get a writer that does nothing.
+    """
+
+    def __init__(self, workdir: str | epath.Path):
+        self.workdir = epath.Path(workdir)
+        self.active = jax.process_index() == 0
+        if not self.active:
+            return
+        (self.workdir / "tensorboard").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "images").mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}"
+        self._events = (self.workdir / "tensorboard" / name).open("ab")
+        self._events.write(_record(_event(0, now, file_version="brain.Event:2")))
+        self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        now = time.time()
+        values = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), "time": now, **values}) + "\n")
+        self._jsonl.flush()
+        summary = b"".join(_scalar_value(k, v) for k, v in values.items())
+        self._events.write(_record(_event(int(step), now, summary=summary)))
+        self._events.flush()
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> epath.Path | None:
+        """Writes a uint8 RGB image; returns the PNG's path."""
+        if not self.active:
+            return None
+        png = png_bytes(image)
+        path = self.workdir / "images" / f"{name}_{int(step):08d}.png"
+        path.write_bytes(png)
+        h, w = image.shape[:2]
+        self._events.write(_record(_event(int(step), time.time(),
+                                          summary=_image_value(name, png, h, w))))
+        self._events.flush()
+        return path
+
+    def close(self) -> None:
+        if self.active:
+            self._events.close()
+            self._jsonl.close()

@@ -1,0 +1,82 @@
+"""Config validation: wrong keys and values fail early and name the choices."""
+
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+from mtssl.config import defaults, validate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_pretrain_config(arg=None):
+    spec = importlib.util.spec_from_file_location("pretrain", ROOT / "configs/pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_paper_recipe_and_runlocal_are_valid():
+    paper = validate(load_pretrain_config(), device_count=8)
+    assert (paper.image_size, paper.batch_size) == (227, 224)
+    assert paper.model.tasks == ("depth", "normals", "contours")
+    assert dict(paper.loss.weights) == dict(depth=5.0, normals=10.0, contours=1.0,
+                                            adversarial=0.05)
+    assert paper.optim.lr_decay_epochs == (18.0, 27.0) and paper.da.pool_size == 128
+    local = validate(load_pretrain_config("runlocal"), device_count=1)
+    assert local.image_size < local.synthetic.render.resolution
+    with pytest.raises(ValueError, match="runlocal"):
+        load_pretrain_config("fast")
+
+
+def test_unknown_key_names_the_valid_keys_of_its_section():
+    c = defaults()
+    c.model.encodr = "alexnet"
+    with pytest.raises(ValueError, match=r"model\.encodr.*adapt_layer.*encoder"):
+        validate(c)
+    c = defaults()
+    c.synthetic.render.scene.fov = (40.0, 60.0)
+    with pytest.raises(ValueError, match="fov_deg"):
+        validate(c)
+
+
+@pytest.mark.parametrize("path,value,names", [
+    ("model.encoder", "vgg", "alexnet, resnet18, resnet50"),
+    ("model.norm", "layer", "batch, group"),
+    ("model.adapt_layer", "pool5", "conv1, conv2, conv3, conv4, conv5, fc6, fc7"),
+    ("model.tasks", (), "depth, normals, contours"),
+    ("model.tasks", ("depth", "edges"), "depth, normals, contours"),
+    ("loss.gan", "wgan", "bce, lsgan"),
+    ("loss.depth_variant", "l2", "reference, scale_invariant, l1"),
+    ("loss.contour_weighting", "focal", "reference, hed, none"),
+    ("real.crop", "squash", "auto, random_crop, center_crop, resize"),
+    ("real.source", "places365", "package, imagefolder:<path>, tfds:<name>"),
+    ("real.source", "tfds:", "package, imagefolder:<path>, tfds:<name>"),
+    ("synthetic.source", "folder", "render, folder:<path>"),
+])
+def test_bad_values_name_the_choices(path, value, names):
+    c = defaults()
+    section, key = path.split(".")
+    c[section][key] = value
+    with pytest.raises(ValueError, match=re.escape(names)):
+        validate(c)
+
+
+def test_impossible_combinations():
+    c = defaults()
+    with pytest.raises(ValueError, match="multiple of 3"):
+        validate(c, device_count=3)           # 224 over 3 devices
+    c.image_size = 300
+    with pytest.raises(ValueError, match="larger than the renders"):
+        validate(c)
+    c = defaults()
+    c.model.encoder = "resnet18"              # fc6 is an AlexNet layer
+    c.model.adapt_layer = "fc6"
+    with pytest.raises(ValueError, match="conv1, conv2, conv3, conv4, conv5"):
+        validate(c)
+    c = defaults()
+    c.num_epochs, c.num_steps = 0, -1
+    with pytest.raises(ValueError, match="num_epochs"):
+        validate(c)
