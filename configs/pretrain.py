@@ -27,11 +27,11 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.image_size = 96
         c.batch_size = 16
-        c.num_steps = 1000
+        c.num_steps = 1200
         c.synthetic.render.resolution = 104
         c.synthetic.render.num_records = 100_000
         c.model.width = 0.25
-        c.model.head_channels = 16
+        c.model.head_channels = 32
         c.model.disc_width = 0.25
         c.optim.lr_decay_epochs = ()
         c.da.pool_size = 64

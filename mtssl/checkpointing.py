@@ -25,7 +25,8 @@ class RunCheckpoints:
 
     def __init__(self, directory: str | epath.Path, *, keep: int = 3,
                  async_save: bool = True):
-        self.directory = epath.Path(directory)
+        # Orbax's tensorstore backend needs an absolute path.
+        self.directory = epath.Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

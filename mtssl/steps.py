@@ -220,9 +220,12 @@ def train_step(state: TrainState, batch, *, static: Static):
     d_params, d_stats, d_opt = state.d_params, state.d_stats, state.d_opt
     pool_syn, pool_real = state.pool_synthetic, state.pool_real
     if static.domain_adaptation:
-        # The real domain's pass only feeds D and BN statistics.
-        (feat_real, _), g_stats = g_forward(state.g_params, batch["real"]["image"],
-                                            g_stats)
+        # The real domain's pass only feeds D (and the encoder's BatchNorm
+        # statistics up to the adapted layer): no heads, no layers above it.
+        model = nnx.merge(static.g_def, state.g_params, g_stats, copy=True)
+        feat_real = model.encoder(batch["real"]["image"],
+                                  upto=static.adapt_layer)[static.adapt_layer]
+        g_stats = nnx.state(model, nnx.BatchStat)
         d_in_syn, pool_syn = pool_syn.query(jax.lax.stop_gradient(feat_syn), key_syn)
         d_in_real, pool_real = pool_real.query(jax.lax.stop_gradient(feat_real),
                                                key_real)

@@ -80,7 +80,11 @@ def preview_batch(config, synthetic, real) -> dict[str, Any]:
     n, size = config.log.num_images, config.image_size
     idx = np.arange(len(synthetic) - n, len(synthetic))
     if hasattr(synthetic, "render_batch"):
-        syn = synthetic.render_batch(idx)
+        # Rendered as one training-sized batch: that render program is compiled anyway.
+        local_batch = max(n, config.batch_size // jax.process_count())
+        syn = synthetic.render_batch(np.arange(len(synthetic) - local_batch,
+                                               len(synthetic)))
+        syn = {k: v[-n:] for k, v in syn.items()}
     else:
         records = [synthetic[int(i)] for i in idx]
         syn = {k: np.stack([r[k] for r in records]) for k in records[0]}

@@ -7,7 +7,12 @@ import pytest
 from flax import nnx
 
 from mtssl.models import MultiTaskNet, PatchDiscriminator, alexnet, encoder_taps, resnet
-from mtssl.models.layers import conv_transpose_2x, dilated_conv, dilated_conv_im2col
+from mtssl.models.layers import (
+    conv_transpose_2x,
+    dilated_conv,
+    dilated_conv_im2col,
+    pointwise_conv,
+)
 
 
 def test_alexnet_geometry_at_227():
@@ -120,7 +125,7 @@ def test_phase_transposed_conv_equals_conv_transpose(k):
     module = nnx.ConvTranspose(6, 5, (k, k), strides=(2, 2), padding="VALID",
                                use_bias=False, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 7, 9, 6))
-    plain = lambda x, w: jax.lax.conv_transpose(  # noqa: E731  nnx.ConvTranspose's op
+    plain = lambda x, w: jax.lax.conv_transpose(
         x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     w = module.kernel[...]
     np.testing.assert_allclose(plain(x, w), module(x), atol=1e-6)
@@ -136,7 +141,7 @@ def test_im2col_dilated_conv_equals_the_module(k, pad, dilation):
     conv = nnx.Conv(6, 7, (k, k), padding=((pad, pad), (pad, pad)),
                     kernel_dilation=dilation, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 5, 6, 6))
-    plain = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+    plain = lambda x, w: jax.lax.conv_general_dilated(
         x, w, (1, 1), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
 
@@ -149,3 +154,21 @@ def test_im2col_dilated_conv_equals_the_module(k, pad, dilation):
     y1, g1 = _value_and_grads(rewritten, x, w)
     for a, b in zip((y0, *g0), (y1, *g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["alexnet", "resnet18"])
+def test_upto_stops_at_the_named_tap(encoder):
+    net = MultiTaskNet(encoder=encoder, width=0.125, head_channels=8, rngs=nnx.Rngs(0))
+    net.eval()        # running statistics: both calls see identical weights
+    x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
+    full = net.encoder(x)
+    part = net.encoder(x, upto="conv3")
+    assert tuple(part) == ("conv1", "conv2", "conv3")
+    for name in part:
+        np.testing.assert_array_equal(part[name], full[name])
+
+
+def test_pointwise_conv_equals_the_module():
+    conv = nnx.Conv(6, 7, (1, 1), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 4, 6))
+    np.testing.assert_allclose(pointwise_conv(conv, x), conv(x), rtol=1e-5, atol=1e-6)

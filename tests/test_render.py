@@ -7,11 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtssl.data import SyntheticScenes
-from mtssl.data import geometry
+from mtssl.data import SyntheticScenes, geometry, synthetic
 from mtssl.data import render as rd
 from mtssl.data import scenes as sc
-from mtssl.data import synthetic
 
 
 def test_record_is_a_function_of_seed_and_index(source, batch):

@@ -33,7 +33,7 @@ def step_config(**overrides) -> ml_collections.ConfigDict:
 def batch(source):
     syn = source.render_batch(np.arange(4))
     real = source.render_batch(np.arange(100, 104))  # stands in for photos
-    image = lambda b: jnp.asarray(b["image"], jnp.float32) / 127.5 - 1.0  # noqa: E731
+    image = lambda b: jnp.asarray(b["image"], jnp.float32) / 127.5 - 1.0
     return {"synthetic": {"image": image(syn), "depth": jnp.asarray(syn["depth"]),
                           "normals": jnp.asarray(syn["normals"]),
                           "contours": jnp.asarray(syn["contours"])},

@@ -37,7 +37,7 @@ def tiny_config(**overrides):
 
 
 def restored_state(workdir, config, step):
-    static, init = steps.create(config, config.image_size, jax.random.key(0), 16)
+    _, init = steps.create(config, config.image_size, jax.random.key(0), 16)
     abstract = jax.eval_shape(init, jax.random.key(0))
     with checkpointing.RunCheckpoints(workdir / "checkpoints") as ckpt:
         return ckpt.restore(abstract, step=step)
@@ -51,8 +51,8 @@ def main_run(tmp_path_factory):
              for k, v in TINY.items()]
     proc = subprocess.run(
         [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
-         f"--workdir={workdir}", *flags],
-        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+         f"--workdir={os.path.relpath(workdir, ROOT)}", *flags],     # relative works
+        check=False, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
         text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return workdir, proc.stdout
@@ -105,3 +105,30 @@ def test_resume_continues_exactly_and_a_nan_keeps_the_last_good_checkpoint(
     state = restored_state(workdir, config, 4)
     assert int(state.step) == 4
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.g_params))
+
+
+def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(main_run, tmp_path):
+    from test_linear_probe import probe_config, write_toy_folder
+
+    from mtssl import linear_probe
+    from mtssl.pretrained import load_encoder
+
+    workdir, _ = main_run
+    encoder = load_encoder(workdir)
+    assert encoder.config.image_size == 64 and encoder.step is not None
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    feats = encoder.features(images)
+    assert set(feats) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
+    for path in (workdir / "checkpoints", workdir / "checkpoints" / str(encoder.step)):
+        again = load_encoder(path).features(images)
+        np.testing.assert_array_equal(again["conv5"], feats["conv5"])
+    with pytest.raises(FileNotFoundError):
+        load_encoder(tmp_path)
+
+    write_toy_folder(tmp_path / "toy", n_per_class=10)
+    config = probe_config(dataset=f"imagefolder:{tmp_path / 'toy'}",
+                          checkpoint=str(workdir), image_size=0, epochs=2)
+    results = linear_probe.run(config, str(tmp_path / "probe"))
+    assert set(results) == {"conv1", "conv3", "conv5"}
+    run_info = json.loads((tmp_path / "probe" / "probe_run.json").read_text())
+    assert run_info["checkpoint_step"] == encoder.step and run_info["image_size"] == 64

@@ -34,8 +34,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mtssl.data import geometry
-from mtssl.data import render
+from mtssl.data import geometry, render
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _MAP_EXTS = (".png", ".npy")

@@ -266,7 +266,7 @@ def surface_columns(scene: sc.Scene) -> dict[str, jax.Array]:
     """
     objects = scene.objects
     n_obj = objects.position.shape[0]
-    per_part = lambda x: jnp.repeat(x, sc.PARTS_PER_OBJECT)  # noqa: E731
+    per_part = lambda x: jnp.repeat(x, sc.PARTS_PER_OBJECT)
 
     def pad6(x):
         return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, 6 - x.shape[-1])])

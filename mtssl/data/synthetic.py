@@ -13,7 +13,8 @@ import dataclasses
 import functools
 import inspect
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grain
 import jax

@@ -67,5 +67,11 @@ class MultiTaskNet(nnx.Module):
         return taps, preds
 
 
-__all__ = ["ENCODERS", "MultiTaskNet", "PatchDiscriminator", "TASKS", "encoder_taps",
-           "make_encoder"]
+__all__ = [
+    "ENCODERS",
+    "TASKS",
+    "MultiTaskNet",
+    "PatchDiscriminator",
+    "encoder_taps",
+    "make_encoder",
+]

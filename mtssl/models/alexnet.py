@@ -12,7 +12,8 @@ Layer by layer (227 px input, width 1):
   fc6    conv 4096, k6 dilation 2 pad 5, norm  13x13  (reshapes to CaffeNet's fc6)
   fc7    ReLU, conv 4096 k1, norm              13x13
 No groups, no LRN. `__call__` returns every tapped feature by name, taken
-after the norm and before the ReLU, as the discriminator and probes use them.
+after the norm and before the ReLU, as the discriminator and probes use them
+(`upto=` stops early, e.g. at the adapted layer for the real domain).
 `width` scales every channel count (0.25 gives a network for CPU runs).
 """
 
@@ -21,7 +22,13 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import dilated_conv, make_norm, norm_needs_bias, scaled
+from mtssl.models.layers import (
+    dilated_conv,
+    make_norm,
+    norm_needs_bias,
+    pointwise_conv,
+    scaled,
+)
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 _CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
@@ -55,17 +62,26 @@ class AlexNetBN(nnx.Module):
     def out_features(self) -> int:
         return self.channels["fc7"]
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        relu = nnx.relu
+    def __call__(self, x: jax.Array, upto: str | None = None) -> dict[str, jax.Array]:
+        """Named taps of images x; with `upto`, stops after that tap."""
+        relu, norms = nnx.relu, self.norms
+
+        def pool(x, stride=2, pad=0):
+            return nnx.max_pool(relu(x), (3, 3), strides=(stride, stride),
+                                padding=((pad, pad), (pad, pad)))
+
+        stages = (
+            ("conv1", lambda x: norms["conv1"](self.conv1(x))),
+            ("conv2", lambda x: norms["conv2"](self.conv2(pool(x)))),
+            ("conv3", lambda x: norms["conv3"](self.conv3(pool(x)))),
+            ("conv4", lambda x: norms["conv4"](self.conv4(relu(x)))),
+            ("conv5", lambda x: norms["conv5"](self.conv5(relu(x)))),
+            ("fc6", lambda x: norms["fc6"](dilated_conv(self.fc6, pool(x, 1, 1)))),
+            ("fc7", lambda x: norms["fc7"](pointwise_conv(self.fc7, relu(x)))),
+        )
         taps = {}
-        x = taps["conv1"] = self.norms["conv1"](self.conv1(x))
-        x = nnx.max_pool(relu(x), (3, 3), strides=(2, 2))
-        x = taps["conv2"] = self.norms["conv2"](self.conv2(x))
-        x = nnx.max_pool(relu(x), (3, 3), strides=(2, 2))
-        x = taps["conv3"] = self.norms["conv3"](self.conv3(x))
-        x = taps["conv4"] = self.norms["conv4"](self.conv4(relu(x)))
-        x = taps["conv5"] = self.norms["conv5"](self.conv5(relu(x)))
-        x = nnx.max_pool(relu(x), (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-        x = taps["fc6"] = self.norms["fc6"](dilated_conv(self.fc6, x))
-        taps["fc7"] = self.norms["fc7"](self.fc7(relu(x)))
+        for name, stage in stages:
+            x = taps[name] = stage(x)
+            if name == upto:
+                break
         return taps

@@ -5,8 +5,8 @@ with 64 channels, no padding and kernels 3, 3, 5, 3, which take the 13x13
 features of a 227 px image exactly back to 227 px (13 -> 27 -> 55 -> 113 ->
 227), with norm and ReLU between them and no skip connections. For other
 input sizes a final bilinear resize brings the map to the image size.
-The transposed convolutions keep `nnx.ConvTranspose` parameters but run as
-four interleaved stride-1 convolutions (`layers.conv_transpose_2x`).
+The transposed convolutions keep `nnx.ConvTranspose` parameters; on CPU they
+run as col2im (`layers.conv_transpose_2x`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtssl.models.layers import conv_transpose_2x, make_norm, norm_needs_bias
+from mtssl.models.layers import conv_transpose, make_norm, norm_needs_bias
 
 TASKS = {"depth": 1, "normals": 3, "contours": 1}   # task -> output channels
 _KERNELS = (3, 3, 5, 3)
@@ -40,10 +40,7 @@ class DenseHead(nnx.Module):
     def __call__(self, features: jax.Array, size: tuple[int, int]) -> jax.Array:
         x = nnx.relu(features)
         for i, up in enumerate(self.ups):
-            # up's parameters, computed in the phase form (see conv_transpose_2x).
-            x = conv_transpose_2x(x, up.kernel[...])
-            if up.bias is not None:
-                x = x + up.bias[...]
+            x = conv_transpose(up, x)
             if i < len(self.norms):
                 x = nnx.relu(self.norms[i](x))
         if x.shape[1:3] != tuple(size):

@@ -93,9 +93,12 @@ class ResNetBN(nnx.Module):
     def out_features(self) -> int:
         return self.channels["conv5"]
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, upto: str | None = None) -> dict[str, jax.Array]:
+        """Named taps of images x; with `upto`, stops after that tap."""
         taps = {}
         x = taps["conv1"] = self.stem_norm(self.stem(x))
+        if upto == "conv1":
+            return taps
         x = nnx.max_pool(nnx.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for name, blocks in zip(TAPS[1:], self.stages):
             for block in blocks:
@@ -103,5 +106,7 @@ class ResNetBN(nnx.Module):
                 if block is not blocks[-1]:
                     x = nnx.relu(x)
             taps[name] = x
+            if name == upto:
+                break
             x = nnx.relu(x)
         return taps

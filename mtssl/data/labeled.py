@@ -1,0 +1,177 @@
+"""Labelled image datasets for evaluation (linear probes, transfer).
+
+Every source is a grain RandomAccessDataSource yielding
+{"image": uint8 (R, R, 3), "label": int32 ()} for single-label sets or
+{"image": ..., "label": float32 (num_classes,) multi-hot} when `multilabel`,
+and has `class_names`. `make_labeled(spec, split, ...)` builds one from a
+string:
+
+  "photos"             the embedded default: which of scikit-image's 12
+                       bundled photographs a crop comes from; train crops
+                       are drawn from the left 55% of each photo, test crops
+                       from the right 45%, so no test pixel is ever trained on
+  "imagefolder:<path>" one sub-folder per class; either <path>/train and
+                       <path>/test (split = sub-folder) or one folder split
+                       by a stable hash of each file name (`test_fraction`)
+  "tfds:<name>"        any TFDS classification dataset prepared as
+                       ArrayRecord (`label` feature), or VOC 2007
+                       ("tfds:voc/2007") as 20-class multi-label (`labels`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from mtssl.data import real
+
+DATASETS = ("photos", "imagefolder:<path>", "tfds:<name>")
+
+
+class PhotoCrops(real._CroppedImages):
+    """Crops of the package photographs labelled by photograph."""
+
+    TRAIN_SHARE = 0.55
+
+    def __init__(self, *, split: str = "train", num_records: int = 1200,
+                 resolution: int = 64, seed: int = 0, min_scale: float = 0.3):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        super().__init__(resolution, seed + (0 if split == "train" else 1),
+                         "random_crop", min_scale)
+        self.split, self.num_records = split, int(num_records)
+        self.class_names = real.PHOTOS
+        self.multilabel = False
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def _load(self, index: int) -> np.ndarray:
+        photo = real._photo(self.class_names[index % len(self.class_names)])
+        cut = int(photo.shape[1] * self.TRAIN_SHARE)
+        return photo[:, :cut] if self.split == "train" else photo[:, cut:]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        out = super().__getitem__(index)
+        out["label"] = np.int32(int(index) % len(self.class_names))
+        return out
+
+
+def _in_test_split(name: str, fraction: float) -> bool:
+    digest = hashlib.sha1(name.encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+class LabeledFolder(real._CroppedImages):
+    """root/<class>/<image> (or root/<split>/<class>/<image>)."""
+
+    def __init__(self, *, root: str | pathlib.Path, split: str = "train",
+                 resolution: int = 64, seed: int = 0, crop: str = "center_crop",
+                 min_scale: float = 0.35, test_fraction: float = 0.2):
+        super().__init__(resolution, seed, crop, min_scale)
+        root = pathlib.Path(root)
+        if not root.is_dir():
+            raise ValueError(f"image folder {root} does not exist")
+        presplit = (root / "train").is_dir() and (root / "test").is_dir()
+        base = root / split if presplit else root
+        if presplit and not base.is_dir():
+            raise ValueError(f"{root} has no {split!r} sub-folder")
+        self.class_names = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+        if not self.class_names:
+            raise ValueError(f"{base}: expected one sub-folder per class")
+        self.files, labels = [], []
+        for label, name in enumerate(self.class_names):
+            for path in sorted((base / name).rglob("*")):
+                if path.suffix.lower() not in real.IMAGE_EXTENSIONS or not path.is_file():
+                    continue
+                if not presplit and _in_test_split(
+                        str(path.relative_to(base)), test_fraction) != (split == "test"):
+                    continue
+                self.files.append(path)
+                labels.append(label)
+        if not self.files:
+            raise ValueError(f"{base}: no images for split {split!r}")
+        self.labels = np.asarray(labels, np.int32)
+        self.multilabel = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> np.ndarray:
+        with Image.open(self.files[index]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        out = super().__getitem__(index)
+        out["label"] = self.labels[int(index)]
+        return out
+
+
+class LabeledTfds(real._CroppedImages):
+    """A TFDS dataset through `tfds.data_source` (never downloads)."""
+
+    def __init__(self, *, name: str, split: str = "train", data_dir: str | None = None,
+                 resolution: int = 64, seed: int = 0, crop: str = "center_crop",
+                 min_scale: float = 0.35):
+        super().__init__(resolution, seed, crop, min_scale)
+        import tensorflow_datasets as tfds  # imported lazily: heavy
+        self.name, self.split = name, split
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                            download=False)
+        except Exception as e:  # tfds raises several types for "not prepared"
+            raise ValueError(
+                f"TFDS dataset {name!r} (split {split!r}) is not available locally "
+                f"({type(e).__name__}: {e}); prepare it first, e.g. "
+                f"`tfds build {name} --file_format=array_record`") from e
+        features = self._source.dataset_info.features
+        if "label" in features:
+            self._key, self.multilabel = "label", False
+            self.class_names = tuple(features["label"].names)
+        elif "labels" in features:
+            self._key, self.multilabel = "labels", True
+            self.class_names = tuple(features["labels"].feature.names)
+        else:
+            raise ValueError(f"TFDS dataset {name!r} has no 'label' or 'labels' feature; "
+                             f"features: {', '.join(features.keys())}")
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _record(self, index: int):
+        return self._source[index]
+
+    def _load(self, index: int) -> np.ndarray:
+        return self._record(index)["image"]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self._record(int(index))
+        rng = np.random.default_rng([self.seed, int(index)])
+        image = real.crop_and_resize(real.to_rgb(record["image"]), self.resolution,
+                                     self.crop, rng, self.min_scale)
+        label = record[self._key]
+        if self.multilabel:
+            hot = np.zeros(len(self.class_names), np.float32)
+            hot[np.asarray(label, np.int64)] = 1.0
+            return {"image": image, "label": hot}
+        return {"image": image, "label": np.int32(label)}
+
+
+def make_labeled(spec: str, split: str, *, resolution: int, seed: int = 0,
+                 crop: str = "center_crop", data_dir: str | None = None,
+                 test_fraction: float = 0.2, num_records: int = 1200):
+    """A labelled source from a dataset string (see module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "photos" and not arg:
+        return PhotoCrops(split=split, num_records=num_records, resolution=resolution,
+                          seed=seed)
+    if kind == "imagefolder" and arg:
+        return LabeledFolder(root=arg, split=split, resolution=resolution, seed=seed,
+                             crop=crop, test_fraction=test_fraction)
+    if kind == "tfds" and arg:
+        return LabeledTfds(name=arg, split=split, data_dir=data_dir,
+                           resolution=resolution, seed=seed, crop=crop)
+    raise ValueError(f"dataset={spec!r} is not valid; choose one of: {', '.join(DATASETS)}")

@@ -1,0 +1,338 @@
+"""Linear probes on frozen encoder features (the Zhang et al. protocol).
+
+    python -m mtssl.linear_probe --config=configs/linear_probe.py --workdir=out \\
+        --config.checkpoint=runs/local --config.dataset=tfds:cifar10
+
+Contract (scripts rely on it): `--workdir` is the output directory;
+`--config.checkpoint` a pretraining workdir or checkpoint directory, or ""
+for the random-init baseline of the same architecture (`config.model`);
+`--config.dataset` is "photos" (embedded), "imagefolder:<path>" or
+"tfds:<name>". The result is `<workdir>/probe.json`:
+{"<layer>": {"accuracy": test accuracy, "val_accuracy": ..., "l2": chosen
+weight decay, "dims": feature size, ["map": test mAP for multi-label sets]}}
+plus `probe.md` (a table) and `probe_run.json` (the run's settings).
+
+How: each layer's pre-ReLU features are average-pooled to a g x g grid with
+g*g*channels close to `feature_dims` (~9k, e.g. conv5 6x6x256) and
+standardised with statistics of the training features. One linear
+classifier per (layer, L2 weight) is trained by Adam on all layers and all
+L2 weights at once from the same batches (softmax cross-entropy, or sigmoid
+for multi-label sets); the L2 weight is chosen per layer on a validation
+split carved from the training split, and the test score is reported at it.
+Feature extraction is jitted and batches are split over all devices.
+Features are cached in host memory when they fit in `cache_gb`, else they
+are recomputed every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from mtssl.config import defaults as pretrain_defaults
+from mtssl.data.labeled import make_labeled
+from mtssl.data.pipeline import normalize_images
+from mtssl.pretrained import Encoder, load_encoder, random_encoder
+
+
+def pooled_grid(channels: int, spatial: int, target: int) -> int:
+    """Side g of the pooling grid: g*g*channels ~ target, 1 <= g <= spatial."""
+    return max(1, min(spatial, round(math.sqrt(target / channels))))
+
+
+def adaptive_avg_pool(x: jax.Array, g: int) -> jax.Array:
+    """(N, H, W, C) -> (N, g, g, C), bin i covering [floor(iH/g), ceil((i+1)H/g))."""
+    h, w = x.shape[1:3]
+    rows = [(math.floor(i * h / g), math.ceil((i + 1) * h / g)) for i in range(g)]
+    cols = [(math.floor(j * w / g), math.ceil((j + 1) * w / g)) for j in range(g)]
+    return jnp.stack([jnp.stack([x[:, a:b, c0:c1].mean((1, 2)) for c0, c1 in cols], 1)
+                      for a, b in rows], 1)
+
+
+def make_feature_fn(encoder: Encoder, layers: tuple[str, ...], target_dims: int,
+                    image_size: int):
+    """Jitted uint8-normalised images -> {layer: (N, D) pooled features}."""
+    deepest = max(layers, key=encoder.layers.index)
+    shapes = jax.eval_shape(lambda x: encoder.apply(x, upto=deepest),
+                            jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+    grids = {name: pooled_grid(shapes[name].shape[-1], min(shapes[name].shape[1:3]),
+                               target_dims) for name in layers}
+
+    def features(params, stats, images):
+        taps = Encoder(encoder.graphdef, params, stats, encoder.config).apply(
+            images, upto=deepest)
+        return {name: adaptive_avg_pool(taps[name], g).reshape(images.shape[0], -1)
+                for name, g in grids.items()}
+
+    dims = {name: grids[name] ** 2 * shapes[name].shape[-1] for name in layers}
+    return jax.jit(features), dims
+
+
+def _split_indices(n: int, val_fraction: float, limit: int, seed: int):
+    """(train, val) indices of a training split, by a stable hash of (seed, i)."""
+    def in_val(i):
+        h = hashlib.sha1(f"{seed}:{i}".encode()).digest()
+        return int.from_bytes(h[:8], "little") / 2**64 < val_fraction
+    idx = np.arange(n if limit <= 0 else min(n, limit))
+    val = np.array([in_val(i) for i in idx], bool)
+    return idx[~val], idx[val]
+
+
+class FeatureSet:
+    """Batches of (features, labels) of a source's `indices`, computed by
+    `feature_fn` on demand, optionally kept in host memory after the first pass."""
+
+    def __init__(self, source, indices, feature_fn, params, stats, batch_size, sharding,
+                 cache: bool):
+        self.source, self.indices = source, np.asarray(indices)
+        self.feature_fn, self.params, self.stats = feature_fn, params, stats
+        self.batch_size, self.sharding, self.cache = batch_size, sharding, cache
+        self._cached: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, shuffle_rng: np.random.Generator | None = None):
+        if self._cached is not None:
+            order = (shuffle_rng.permutation(len(self._cached)) if shuffle_rng is not None
+                     else range(len(self._cached)))
+            for i in order:
+                yield self._cached[i]
+            return
+        out = []
+        for start in range(0, len(self.indices), self.batch_size):
+            idx = self.indices[start:start + self.batch_size]
+            records = [self.source[int(i)] for i in idx]
+            images = np.stack([r["image"] for r in records])
+            labels = np.stack([r["label"] for r in records])
+            pad = self.batch_size - len(idx)       # fixed shapes: one compile
+            if pad:
+                images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+            x = jax.device_put(normalize_images(images), self.sharding)
+            feats = jax.device_get(self.feature_fn(self.params, self.stats, x))
+            item = ({k: v[:len(idx)] for k, v in feats.items()}, labels)
+            if self.cache:
+                out.append(item)
+            yield item
+        if self.cache:
+            self._cached = out
+
+
+def _standardizer(features: FeatureSet, max_batches: int = 50):
+    sums, sq, count = {}, {}, 0
+    for i, (feats, _) in enumerate(features.batches()):
+        for k, v in feats.items():
+            sums[k] = sums.get(k, 0.0) + v.sum(0, dtype=np.float64)
+            sq[k] = sq.get(k, 0.0) + (v.astype(np.float64) ** 2).sum(0)
+        count += len(next(iter(feats.values())))
+        if i + 1 >= max_batches and not features.cache:
+            break
+    mean = {k: (s / count).astype(np.float32) for k, s in sums.items()}
+    std = {k: np.sqrt(np.maximum(sq[k] / count - (sums[k] / count) ** 2, 0)).astype(
+        np.float32) + 1e-5 for k in sums}
+    return mean, std
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the precision-recall curve of one class (VOC >= 2010 style:
+    the mean of the precisions at each positive's rank)."""
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order] > 0
+    if not hits.any():
+        return float("nan")
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+    return float(np.nanmean(aps))
+
+
+def train_probes(train: FeatureSet, dims: dict[str, int], num_classes: int,
+                 multilabel: bool, config, mean, std):
+    """Adam on every (layer, l2) classifier at once; returns params."""
+    l2 = jnp.asarray(config.l2, jnp.float32)
+    n_l2 = len(config.l2)
+    params = {k: {"w": jnp.zeros((n_l2, d, num_classes)), "b": jnp.zeros((n_l2, num_classes))}
+              for k, d in dims.items()}
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    schedule = optax.cosine_decay_schedule(config.learning_rate,
+                                           config.epochs * steps_per_epoch)
+    tx = optax.adam(schedule)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, feats, labels):
+        total = 0.0
+        for k, p in params.items():
+            x = (feats[k] - mean[k]) / std[k]
+            logits = jnp.einsum("nd,ldc->lnc", x, p["w"]) + p["b"][:, None]
+            if multilabel:
+                ce = optax.sigmoid_binary_cross_entropy(logits, labels[None]).mean((1, 2))
+            else:
+                ce = optax.softmax_cross_entropy_with_integer_labels(
+                    logits, jnp.broadcast_to(labels, logits.shape[:2])).mean(1)
+            total = total + jnp.sum(ce + l2 * jnp.sum(p["w"] ** 2, (1, 2)))
+        return total
+
+    @jax.jit
+    def update(params, opt_state, feats, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, feats, labels)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(config.seed)
+    for epoch in range(config.epochs):
+        start, losses = time.perf_counter(), []
+        for feats, labels in train.batches(rng):
+            params, opt_state, loss = update(params, opt_state, feats, labels)
+            losses.append(loss)
+        logging.info("probe epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, config.epochs,
+                     float(np.mean(jax.device_get(losses))), time.perf_counter() - start)
+    return params
+
+
+def evaluate_probes(params, features: FeatureSet, multilabel: bool, mean, std):
+    """{layer: per-l2 scores}: accuracy (and mAP for multi-label)."""
+    scores = {k: [] for k in params}
+    labels = []
+
+    @jax.jit
+    def logits_fn(params, feats):
+        return {k: jnp.einsum("nd,ldc->lnc", (feats[k] - mean[k]) / std[k], p["w"])
+                + p["b"][:, None] for k, p in params.items()}
+
+    for feats, y in features.batches():
+        out = jax.device_get(logits_fn(params, feats))
+        for k in params:
+            scores[k].append(out[k])
+        labels.append(y)
+    labels = np.concatenate(labels)
+    results = {}
+    for k in params:
+        s = np.concatenate(scores[k], axis=1)        # (n_l2, N, C)
+        if multilabel:
+            acc = [float(((s[i] > 0) == (labels > 0)).mean()) for i in range(len(s))]
+            maps = [mean_average_precision(s[i], labels) for i in range(len(s))]
+            results[k] = {"accuracy": acc, "map": maps}
+        else:
+            results[k] = {"accuracy": [float((s[i].argmax(-1) == labels).mean())
+                                       for i in range(len(s))]}
+    return results
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the probes and writes probe.json / probe.md / probe_run.json."""
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.checkpoint:
+        encoder = load_encoder(config.checkpoint)
+    else:
+        model_config = pretrain_defaults()
+        model_config.model.update(dict(config.model))
+        encoder = random_encoder(model_config, seed=config.seed)
+    layers = tuple(config.layers)
+    unknown = [name for name in layers if name not in encoder.layers]
+    if unknown or not layers:
+        raise ValueError(f"config.layers={layers!r}: choose from {', '.join(encoder.layers)}")
+    image_size = config.image_size or encoder.config.image_size
+    if config.batch_size % jax.device_count():
+        raise ValueError(f"batch_size={config.batch_size} does not divide over "
+                         f"{jax.device_count()} devices")
+
+    common = dict(resolution=image_size, seed=config.seed, crop=config.crop,
+                  data_dir=config.data_dir or None, num_records=config.photos_per_split)
+    train_source = make_labeled(config.dataset, config.train_split, **common)
+    test_source = make_labeled(config.dataset, config.test_split, **common)
+    multilabel = train_source.multilabel
+    num_classes = len(train_source.class_names)
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = jax.NamedSharding(mesh, jax.P("data"))
+    feature_fn, dims = make_feature_fn(encoder, layers, config.feature_dims, image_size)
+    train_idx, val_idx = _split_indices(len(train_source), config.val_fraction,
+                                        config.max_train_examples, config.seed)
+    test_idx = np.arange(len(test_source) if config.max_test_examples <= 0
+                         else min(len(test_source), config.max_test_examples))
+    per_example_gb = sum(dims.values()) * 4 / 1e9
+    cache = bool(config.cache_gb > 0 and per_example_gb * len(train_idx) <= config.cache_gb)
+    sets = [FeatureSet(src, idx, feature_fn, encoder.params, encoder.stats,
+                       config.batch_size, sharding, cache)
+            for src, idx in ((train_source, train_idx), (train_source, val_idx),
+                             (test_source, test_idx))]
+    train, val, test = sets
+    logging.info("probing %s on %s: %d train / %d val / %d test, %d classes, dims %s",
+                 config.checkpoint or "random init", config.dataset, len(train), len(val),
+                 len(test), num_classes, dims)
+
+    start = time.perf_counter()
+    mean, std = _standardizer(train)
+    params = train_probes(train, dims, num_classes, multilabel, config, mean, std)
+    val_scores = evaluate_probes(params, val, multilabel, mean, std)
+    test_scores = evaluate_probes(params, test, multilabel, mean, std)
+    metric = "map" if multilabel else "accuracy"
+    results = {}
+    for name in layers:
+        best = int(np.argmax(val_scores[name][metric]))
+        results[name] = {"accuracy": test_scores[name]["accuracy"][best],
+                         "val_accuracy": val_scores[name]["accuracy"][best],
+                         "l2": float(config.l2[best]), "dims": int(dims[name])}
+        if multilabel:
+            results[name]["map"] = test_scores[name]["map"][best]
+            results[name]["val_map"] = val_scores[name]["map"][best]
+    elapsed = time.perf_counter() - start
+
+    if jax.process_index() == 0:
+        (workdir / "probe.json").write_text(json.dumps(results, indent=1))
+        (workdir / "probe_run.json").write_text(json.dumps({
+            "checkpoint": config.checkpoint, "checkpoint_step": encoder.step,
+            "dataset": config.dataset, "classes": list(train_source.class_names),
+            "train_examples": len(train), "val_examples": len(val),
+            "test_examples": len(test), "image_size": image_size,
+            "seconds": elapsed, "config": config.to_dict()}, indent=1, default=str))
+        (workdir / "probe.md").write_text(markdown_table(results, config, multilabel))
+        print(markdown_table(results, config, multilabel), flush=True)
+    return results
+
+
+def markdown_table(results: dict, config, multilabel: bool) -> str:
+    head = "| layer | dims | L2 | val acc | test acc |" + (" test mAP |" if multilabel else "")
+    rule = "|---|---|---|---|---|" + ("---|" if multilabel else "")
+    lines = [f"Linear probes: {config.checkpoint or 'random init'} on {config.dataset}",
+             "", head, rule]
+    for name, r in results.items():
+        line = (f"| {name} | {r['dims']} | {r['l2']:g} | {100 * r['val_accuracy']:.1f} | "
+                f"{100 * r['accuracy']:.1f} |")
+        if multilabel:
+            line += f" {100 * r['map']:.1f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    # Flags are defined here, not at import, so tests can import this module.
+    config_flags.DEFINE_config_file(
+        "config", None, "Probe config (configs/linear_probe.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

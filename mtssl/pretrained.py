@@ -1,0 +1,113 @@
+"""Using a trained encoder outside the training loop.
+
+    from mtssl.pretrained import load_encoder
+    encoder = load_encoder("runs/local")          # a pretraining workdir
+    feats = encoder.features(images_uint8)        # {"conv1": ..., ..., "fc7": ...}
+
+`load_encoder(path)` accepts a pretraining workdir, its `checkpoints/`
+folder, or one step folder `checkpoints/<step>`; the network is rebuilt
+from the config saved with the checkpoint, and only the encoder's
+parameters and BatchNorm statistics are kept. `random_encoder(config)` is
+the untrained baseline with the same architecture. Features are computed in
+inference mode (BatchNorm running statistics), before the ReLU, from uint8
+images normalised as in training (/255 minus the ImageNet mean).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from mtssl import checkpointing, steps
+from mtssl.config import defaults
+from mtssl.data.pipeline import normalize_images
+from mtssl.models import encoder_taps
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A frozen encoder: graph definition + parameters + BN statistics."""
+
+    graphdef: Any
+    params: Any
+    stats: Any
+    config: ml_collections.ConfigDict    # the pretraining config it came from
+    step: int | None = None              # checkpoint step (None: random init)
+    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return encoder_taps(self.config.model.encoder)
+
+    def module(self) -> nnx.Module:
+        encoder = nnx.merge(self.graphdef, self.params, self.stats, copy=True)
+        encoder.eval()
+        return encoder
+
+    def apply(self, images: jax.Array, upto: str | None = None) -> dict[str, jax.Array]:
+        """Pure function of float images (already normalised): named taps.
+        Jit it, or use `features`."""
+        return self.module()(images, upto=upto)
+
+    def features(self, images: np.ndarray, upto: str | None = None) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, 3) images -> {layer: (N, h, w, c) numpy}."""
+        if upto not in self._compiled:
+            graphdef = self.graphdef
+
+            def apply(params, stats, images):
+                encoder = nnx.merge(graphdef, params, stats, copy=True)
+                encoder.eval()
+                return encoder(images, upto=upto)
+            self._compiled[upto] = jax.jit(apply)
+        out = self._compiled[upto](self.params, self.stats,
+                                   normalize_images(np.asarray(images)))
+        return jax.device_get(out)
+
+
+def _encoder_parts(config, state) -> Encoder:
+    static, _ = steps.create(config, config.image_size, jax.random.key(0))
+    net = nnx.merge(static.g_def, state.g_params, state.g_stats, copy=True)
+    graphdef, params, stats = nnx.split(net.encoder, nnx.Param, nnx.BatchStat)
+    return Encoder(graphdef, params, stats, config,
+                   None if state is None else int(jax.device_get(state.step)))
+
+
+def _checkpoint_root(path: epath.Path) -> tuple[epath.Path, int | None]:
+    """(checkpoints root, step or None for the latest) from any accepted path."""
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints", None
+    if path.name.isdigit() and (path / "state").is_dir():
+        return path.parent, int(path.name)
+    return path, None
+
+
+def load_encoder(path: str | epath.Path) -> Encoder:
+    """The encoder of a pretraining checkpoint (see module docstring)."""
+    root, step = _checkpoint_root(epath.Path(path))
+    with checkpointing.RunCheckpoints(root) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {path}")
+        config = ckpt.config(step)
+        _, init = steps.create(config, config.image_size, jax.random.key(0))
+        abstract = jax.eval_shape(init, jax.random.key(0))
+        state = ckpt.restore(abstract, step=step)
+    return _encoder_parts(config, state)
+
+
+def random_encoder(config: ml_collections.ConfigDict | None = None,
+                   seed: int = 0) -> Encoder:
+    """A randomly initialised encoder (the baseline of every probe). Its
+    BatchNorm running statistics are the initial ones (mean 0, var 1)."""
+    config = config or defaults()
+    _, init = steps.create(config, config.image_size, jax.random.key(seed))
+    state = jax.jit(init)(jax.random.key(seed))
+    encoder = _encoder_parts(config, state)
+    encoder.step = None
+    return encoder
