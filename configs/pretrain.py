@@ -38,6 +38,8 @@ def get_config(arg: str | None = None):
         c.log.every_steps = 25
         c.log.images_every_steps = 200
         c.checkpoint.every_steps = 200
+        c.eval.every_steps = 400
+        c.eval.num_images = 64
     elif arg:
         raise ValueError(f"unknown preset {arg!r}; valid: 'runlocal' (or none)")
     return c

@@ -105,6 +105,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.log.every_steps = 50        # console line, JSONL, TensorBoard
     c.log.images_every_steps = 1000   # PNG grid of predictions (0: never)
     c.log.num_images = 4
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 5000     # dense metrics on held-out scenes (0: never)
+    c.eval.num_images = 256
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep = 3
@@ -193,6 +196,8 @@ def validate(config: ml_collections.ConfigDict,
     for name in ("every_steps",):
         if config.log[name] < 1:
             raise ValueError(f"log.{name} must be >= 1")
+    if config.eval.every_steps < 0 or config.eval.num_images < 1:
+        raise ValueError("eval.every_steps must be >= 0 and eval.num_images >= 1")
     if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
         raise ValueError("checkpoint.every_steps and checkpoint.keep must be >= 1")
     return config

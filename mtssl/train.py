@@ -12,7 +12,9 @@
     log step, where they are fetched once, averaged, checked for NaN/inf,
     printed, and written to `metrics.jsonl` and TensorBoard;
   * every `log.images_every_steps` draws predictions for a fixed set of
-    held-out synthetic scenes and real photos into a PNG grid;
+    held-out synthetic scenes and real photos into a PNG grid, and every
+    `eval.every_steps` computes dense metrics on held-out scenes
+    (`mtssl.evaluate`);
   * saves a checkpoint every `checkpoint.every_steps` and at the end, each
     only after the metrics since the previous check were finite, so the
     newest checkpoint is always a good one. A non-finite loss stops the run
@@ -33,12 +35,13 @@ from absl import logging
 from etils import epath
 
 from mtssl import checkpointing, steps
-from mtssl.config import validate
+from mtssl.config import tasks_of, validate
 from mtssl.data import real as real_data
 from mtssl.data import visualize
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import make_train_dataset, normalize_images
 from mtssl.data.synthetic import from_config as synthetic_from_config
+from mtssl.evaluate import evaluate_dense, held_out_source, synthetic_batch
 from mtssl.metric_writers import MetricWriter
 
 
@@ -68,28 +71,14 @@ def make_sources(config: ml_collections.ConfigDict):
     return synthetic, real
 
 
-def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
-    top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
-    return a[:, top:top + size, left:left + size]
-
-
-def preview_batch(config, synthetic, real) -> dict[str, Any]:
-    """A fixed set of scenes and photos to draw predictions for: the last
-    synthetic records (the end of the index range, rarely trained on when
-    the source is large) and the first real ones, centre-cropped."""
-    n, size = config.log.num_images, config.image_size
-    idx = np.arange(len(synthetic) - n, len(synthetic))
-    if hasattr(synthetic, "render_batch"):
-        # Rendered as one training-sized batch: that render program is compiled anyway.
-        local_batch = max(n, config.batch_size // jax.process_count())
-        syn = synthetic.render_batch(np.arange(len(synthetic) - local_batch,
-                                               len(synthetic)))
-        syn = {k: v[-n:] for k, v in syn.items()}
-    else:
-        records = [synthetic[int(i)] for i in idx]
-        syn = {k: np.stack([r[k] for r in records]) for k in records[0]}
-    syn = {k: _center_crop(syn[k], size) for k in ("image", "depth", "normals", "contours")}
-    out = {"synthetic": syn}
+def preview_batch(config, held_out, real) -> dict[str, Any]:
+    """A fixed set of held-out scenes and real photos to draw predictions
+    for (rendered as one training-sized batch: that program is compiled
+    anyway)."""
+    n = config.log.num_images
+    local_batch = max(n, config.batch_size // jax.process_count())
+    syn = synthetic_batch(held_out, np.arange(local_batch), config.image_size)
+    out = {"synthetic": {k: v[:n] for k, v in syn.items()}}
     if real is not None:
         out["real"] = {"image": np.stack([real[i]["image"] for i in range(n)])}
     return out
@@ -212,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    previews = preview_batch(config, synthetic, real) if config.log.images_every_steps else None
+    held_out = held_out_source(config)
+    previews = preview_batch(config, held_out, real) if config.log.images_every_steps else None
     logging.info("%d steps (%d per epoch), batch %d + %d on %d device(s)", total_steps,
                  steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
 
@@ -239,6 +229,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last = _mean_metrics(history)
                 history = []
                 _check_finite(last, step, last_good)
+            if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
+                eval_start = time.perf_counter()
+                scores = {f"eval/{k}": v for k, v in evaluate_dense(
+                    predict, state, held_out, tasks=tasks_of(config),
+                    image_size=config.image_size, num_images=config.eval.num_images,
+                    batch_size=config.batch_size, sharding=data_sharding).items()}
+                if jax.process_index() == 0:
+                    print(f"eval at step {step}: " + ", ".join(
+                        f"{k.removeprefix('eval/')} {v:.3f}" for k, v in scores.items()),
+                        flush=True)
+                if log_now:
+                    last.update(scores)
+                else:
+                    writer.write_scalars(step, scores)
+                window_start += time.perf_counter() - eval_start   # not training time
             if log_now:
                 elapsed = time.perf_counter() - window_start
                 images_per_s = window_steps * config.batch_size / elapsed

@@ -64,3 +64,9 @@ def test_tfds_source_through_mock_data():
         assert len(src) == 5
         image = src[2]["image"]
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+
+
+def test_tfds_source_never_downloads_and_says_how_to_prepare(tmp_path):
+    from mtssl.data import TfdsImages
+    with pytest.raises(ValueError, match="tfds build places365_small"):
+        TfdsImages(name="places365_small", data_dir=str(tmp_path))

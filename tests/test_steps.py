@@ -185,3 +185,23 @@ def test_lr_schedule_decays_at_the_configured_epochs(batch):
     np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
     # And Adam really takes the smaller steps (its step is about lr per weight).
     assert moves[2] < 0.3 * moves[1] and moves[3] < 0.3 * moves[2]
+
+
+def test_adversarial_gradient_reaches_the_encoder_up_to_the_adapted_layer(batch):
+    """The reference shipped with the adversarial term detached; here it must
+    move the encoder layers below the adapted one, and nothing above it."""
+    cfg = step_config(**{"model.adapt_layer": "conv4"})
+    for k in ("depth", "normals", "contours"):
+        cfg.loss.weights[k] = 0.0
+    cfg.loss.weights.adversarial = 1.0
+    static, init = steps.create(cfg, RES, jax.random.key(0))
+    state0 = jax.jit(init)(jax.random.key(0))
+    state1, metrics = jax.jit(lambda s, b: steps.train_step(s, b, static=static))(
+        state0, batch)
+    assert float(metrics["loss/adversarial"]) > 0
+    before, after = state0.g_params["encoder"], state1.g_params["encoder"]
+    for layer in ("conv1", "conv2", "conv3", "conv4"):
+        assert _changed(before[layer], after[layer]), layer
+    for layer in ("conv5", "fc6", "fc7"):           # above conv4: no gradient
+        assert not _changed(before[layer], after[layer]), layer
+    assert not _changed(state0.g_params["heads"], state1.g_params["heads"])

@@ -21,6 +21,7 @@ TINY = {
     "model.width": 0.125, "model.head_channels": 8, "model.disc_width": 0.0625,
     "optim.lr_decay_epochs": (), "da.pool_size": 4,
     "log.every_steps": 2, "log.images_every_steps": 4, "log.num_images": 2,
+    "eval.every_steps": 2, "eval.num_images": 6,
     "checkpoint.every_steps": 2, "checkpoint.keep": 5,
 }
 
@@ -65,8 +66,11 @@ def test_main_writes_checkpoint_metrics_events_and_images(main_run):
     (line,) = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert line["step"] == 2
     for k in ("loss/depth", "loss/normals", "loss/contours", "loss/adversarial",
-              "d_loss", "d_accuracy", "images_per_s", "g_lr"):
+              "d_loss", "d_accuracy", "images_per_s", "g_lr", "eval/depth/abs_rel",
+              "eval/normals/mean_deg", "eval/contours/f"):
         assert np.isfinite(line[k]), k
+    assert 0 < line["eval/normals/mean_deg"] < 180 and 0 <= line["eval/contours/f"] <= 1
+    assert "eval at step 2: depth/abs_rel" in stdout
     (events,) = (workdir / "tensorboard").iterdir()
     logged = [e for e in read_events(events) if e["scalars"]]
     assert logged[0]["scalars"]["loss/depth"] == pytest.approx(line["loss/depth"])
@@ -132,3 +136,13 @@ def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(main_run, tmp
     assert set(results) == {"conv1", "conv3", "conv5"}
     run_info = json.loads((tmp_path / "probe" / "probe_run.json").read_text())
     assert run_info["checkpoint_step"] == encoder.step and run_info["image_size"] == 64
+
+
+def test_standalone_evaluation_matches_the_training_time_one(main_run):
+    from mtssl.evaluate import evaluate_checkpoint
+    workdir, _ = main_run
+    result = evaluate_checkpoint(str(workdir), num_images=6, step=2, batch_size=4)
+    logged = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+    assert result["step"] == 2
+    for key in ("depth/abs_rel", "normals/mean_deg", "contours/f"):
+        assert result[key] == pytest.approx(logged[f"eval/{key}"], rel=1e-5), key

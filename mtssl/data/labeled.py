@@ -117,16 +117,8 @@ class LabeledTfds(real._CroppedImages):
                  resolution: int = 64, seed: int = 0, crop: str = "center_crop",
                  min_scale: float = 0.35):
         super().__init__(resolution, seed, crop, min_scale)
-        import tensorflow_datasets as tfds  # imported lazily: heavy
         self.name, self.split = name, split
-        try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir,
-                                            download=False)
-        except Exception as e:  # tfds raises several types for "not prepared"
-            raise ValueError(
-                f"TFDS dataset {name!r} (split {split!r}) is not available locally "
-                f"({type(e).__name__}: {e}); prepare it first, e.g. "
-                f"`tfds build {name} --file_format=array_record`") from e
+        self._source = real.open_tfds(name, split, data_dir)
         features = self._source.dataset_info.features
         if "label" in features:
             self._key, self.multilabel = "label", False

@@ -151,6 +151,19 @@ class ImageFolder(_CroppedImages):
         return f"ImageFolder(root={str(self.root)!r}, images={len(self)})"
 
 
+def open_tfds(name: str, split: str, data_dir: str | None):
+    """`tfds.data_source` of a locally prepared dataset; never downloads
+    (run `tfds build` first), and says so when the dataset is missing."""
+    import tensorflow_datasets as tfds  # imported lazily: heavy
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared"
+        raise ValueError(
+            f"TFDS dataset {name!r} (split {split!r}) is not available locally "
+            f"({type(e).__name__}: {e}); prepare it first, e.g. "
+            f"`tfds build {name} --file_format=array_record`") from e
+
+
 class TfdsImages(_CroppedImages):
     """The `image` feature of a TFDS dataset through `tfds.data_source`."""
 
@@ -158,9 +171,8 @@ class TfdsImages(_CroppedImages):
                  resolution: int = 128, seed: int = 0, crop: str = "random_crop",
                  min_scale: float = 0.35):
         super().__init__(resolution, seed, crop, min_scale)
-        import tensorflow_datasets as tfds  # imported lazily: heavy
         self.name, self.split = name, split
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._source = open_tfds(name, split, data_dir)
 
     def __len__(self) -> int:
         return len(self._source)

@@ -1,0 +1,116 @@
+"""Dense-task evaluation of a pretraining run on held-out synthetic scenes.
+
+    python -m mtssl.evaluate --workdir=runs/local [--num_images=256] [--step=N]
+
+Held-out scenes: for the scene engine, the same scene and render settings
+with another dataset seed (`render.seed + HELD_OUT_SEED_OFFSET`), so no
+evaluation scene is a training scene; for an on-disk synthetic dataset, its
+last `num_images` frames. Images are centre-cropped to the training size and
+predicted in inference mode; the metrics are those of `mtssl.dense_metrics`.
+Training calls `evaluate_dense` every `eval.every_steps` (logged as eval/...).
+The standalone command writes `<workdir>/eval_<step>.json` and prints it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+
+from mtssl import checkpointing, steps
+from mtssl.config import tasks_of
+from mtssl.data.on_disk import SyntheticFolder
+from mtssl.data.pipeline import normalize_images
+from mtssl.data.synthetic import from_config as synthetic_from_config
+from mtssl.dense_metrics import DenseMetrics
+
+HELD_OUT_SEED_OFFSET = 1_000_003
+
+
+def held_out_source(config: ml_collections.ConfigDict):
+    kind, _, arg = config.synthetic.source.partition(":")
+    if kind == "render":
+        render = ml_collections.ConfigDict(config.synthetic.render.to_dict())
+        render.seed = (render.seed + HELD_OUT_SEED_OFFSET) % 2**32
+        return synthetic_from_config(render)
+    return SyntheticFolder(root=arg, resolution=config.image_size,
+                           depth_scale=config.synthetic.depth_scale)
+
+
+def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
+    top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
+    return a[:, top:top + size, left:left + size]
+
+
+def synthetic_batch(source, indices: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Records `indices` of a synthetic source, centre-cropped to `size`."""
+    if hasattr(source, "render_batch"):
+        batch = source.render_batch(indices)
+    else:
+        records = [source[int(i)] for i in indices]
+        batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    return {k: _center_crop(batch[k], size) for k in ("image", "depth", "normals", "contours")}
+
+
+def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images: int,
+                   batch_size: int, sharding) -> dict[str, float]:
+    """Dense metrics of `predict(state, images)` on the first `num_images`
+    (or, for folders, the last) records of `source`, in batches of
+    `batch_size` (the last batch padded, so one program serves all)."""
+    n = min(num_images, len(source))
+    first = len(source) - n if isinstance(source, SyntheticFolder) else 0
+    metrics = DenseMetrics(tasks)
+    for start in range(0, n, batch_size):
+        idx = np.arange(first + start, first + min(start + batch_size, n))
+        padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
+        batch = synthetic_batch(source, padded, image_size)
+        images = jax.device_put(normalize_images(batch["image"]), sharding)
+        preds = jax.device_get(predict(state, images))
+        metrics.update({k: v[:len(idx)] for k, v in preds.items()},
+                       {k: v[:len(idx)] for k, v in batch.items()})
+    return metrics.result()
+
+
+def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = None,
+                        batch_size: int = 16) -> dict[str, float]:
+    """Restores a run's checkpoint and evaluates it on held-out scenes."""
+    root = epath.Path(workdir) / "checkpoints"
+    with checkpointing.RunCheckpoints(root) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {root}")
+        config = ckpt.config(step)
+        static, init = steps.create(config, config.image_size, jax.random.key(0))
+        state = ckpt.restore(jax.eval_shape(init, jax.random.key(0)), step=step)
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+    predict = jax.jit(lambda s, x: steps.predict(s, x, static=static))
+    result = evaluate_dense(predict, state, held_out_source(config), tasks=tasks_of(config),
+                            image_size=config.image_size, num_images=num_images,
+                            batch_size=batch_size,
+                            sharding=jax.NamedSharding(mesh, jax.P("data")))
+    return {"step": step, "num_images": num_images, **result}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    f = flags.FLAGS
+    result = evaluate_checkpoint(f.workdir, num_images=f.num_images, step=f.step)
+    out = epath.Path(f.workdir) / f"eval_{result['step']}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A pretraining workdir.")
+    flags.DEFINE_integer("num_images", 256, "Held-out scenes to evaluate on.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)
