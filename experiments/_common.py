@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pathlib
 import platform
@@ -35,3 +36,11 @@ def load_config(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
+
+
+def write_rows(rows: list[dict], out: str) -> None:
+    """Writes benchmark rows as a JSON list (creating the folder)."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"wrote {out}")

@@ -13,13 +13,11 @@ calls on fresh record indices; images/s uses the median call.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 
 import numpy as np
-from _common import machine, peak_rss_mb
+from _common import machine, peak_rss_mb, write_rows
 
 from mtssl.data import SyntheticScenes
 
@@ -73,10 +71,7 @@ def main():
                       f"{row['best_images_per_s']:.1f}), compile "
                       f"{row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
                       flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"wrote {args.out}")
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 
 import jax
 import numpy as np
-from _common import load_config, machine, peak_rss_mb
+from _common import load_config, machine, peak_rss_mb, write_rows
 
 from mtssl import steps
 
@@ -95,10 +94,7 @@ def main():
                   f"{row['images_per_s']:7.1f} img/s ({row['steps_per_s']:.2f} steps/s), "
                   f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
                   flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(rows, f, indent=1)
-    print(f"wrote {args.out}")
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ import numpy as np
 from absl import app, flags, logging
 from etils import epath
 
-from mtssl import checkpointing, steps
+from mtssl import steps
 from mtssl.config import tasks_of
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import normalize_images
 from mtssl.data.synthetic import from_config as synthetic_from_config
 from mtssl.dense_metrics import DenseMetrics
+from mtssl.pretrained import load_run
 
 HELD_OUT_SEED_OFFSET = 1_000_003
 
@@ -78,14 +79,8 @@ def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images
 def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = None,
                         batch_size: int = 16) -> dict[str, float]:
     """Restores a run's checkpoint and evaluates it on held-out scenes."""
-    root = epath.Path(workdir) / "checkpoints"
-    with checkpointing.RunCheckpoints(root) as ckpt:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {root}")
-        config = ckpt.config(step)
-        static, init = steps.create(config, config.image_size, jax.random.key(0))
-        state = ckpt.restore(jax.eval_shape(init, jax.random.key(0)), step=step)
+    config, state, step = load_run(workdir, step)
+    static, _ = steps.create(config, config.image_size, jax.random.key(0))
     mesh = jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()

@@ -87,17 +87,24 @@ def _checkpoint_root(path: epath.Path) -> tuple[epath.Path, int | None]:
     return path, None
 
 
-def load_encoder(path: str | epath.Path) -> Encoder:
-    """The encoder of a pretraining checkpoint (see module docstring)."""
-    root, step = _checkpoint_root(epath.Path(path))
+def load_run(path: str | epath.Path, step: int | None = None):
+    """(config, TrainState, step) of a checkpoint: `path` as in `load_encoder`;
+    `step` overrides the one the path names (default: the latest)."""
+    root, named = _checkpoint_root(epath.Path(path))
     with checkpointing.RunCheckpoints(root) as ckpt:
-        step = ckpt.latest_step() if step is None else step
+        step = step if step is not None else (
+            named if named is not None else ckpt.latest_step())
         if step is None:
             raise FileNotFoundError(f"no checkpoint found in {path}")
         config = ckpt.config(step)
         _, init = steps.create(config, config.image_size, jax.random.key(0))
-        abstract = jax.eval_shape(init, jax.random.key(0))
-        state = ckpt.restore(abstract, step=step)
+        state = ckpt.restore(jax.eval_shape(init, jax.random.key(0)), step=step)
+    return config, state, step
+
+
+def load_encoder(path: str | epath.Path) -> Encoder:
+    """The encoder of a pretraining checkpoint (see module docstring)."""
+    config, state, _ = load_run(path)
     return _encoder_parts(config, state)
 
 
