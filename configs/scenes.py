@@ -5,11 +5,15 @@
 
 Arguments after ':' pick a preset: `paper` renders at 256 px (the paper's
 training crops are 227 px taken from 256 px renders); `fast` turns off the
-optional costs (antialiasing, shadows, sensor effects) for quick experiments.
+optional costs (antialiasing, shadows, sensor effects) for quick experiments;
+`target` is the deliberately different appearance used as the procedural
+target domain (`mtssl.data.scenes.TARGET_APPEARANCE`).
 Every field maps one to one onto `SyntheticScenes` / `SceneConfig` keywords.
 """
 
 import ml_collections
+
+from mtssl.data.scenes import TARGET_APPEARANCE
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.aa_samples = 0
         c.shadows = False
         c.sensor_effects = False
+    elif arg == "target":
+        c.scene.update(TARGET_APPEARANCE)
     elif arg:
-        raise ValueError(f"unknown preset {arg!r}; valid: 'paper', 'fast'")
+        raise ValueError(f"unknown preset {arg!r}; valid: 'paper', 'fast', 'target'")
     return c

@@ -15,6 +15,10 @@ Data sources are strings:
                     "imagefolder:<path>"  every image below a folder
                     "tfds:<name>"         tfds.data_source(<name>), e.g.
                                           tfds:places365_small
+                    "target"              the scene engine with a different
+                                          appearance (TARGET_APPEARANCE): a
+                                          procedural target domain whose
+                                          labels are only used for evaluation
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from mtssl.models import ENCODERS, TASKS, encoder_taps
 from mtssl.models.layers import NORMS
 
 SYNTHETIC_SOURCES = ("render", "folder:<path>")
-REAL_SOURCES = ("package", "imagefolder:<path>", "tfds:<name>")
+REAL_SOURCES = ("package", "imagefolder:<path>", "tfds:<name>", "target")
 REAL_CROPS = ("auto",) + real_data.CROPS
 
 
@@ -60,7 +64,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.synthetic.render.scene = dataclasses.asdict(SceneConfig())
 
     c.real = ml_collections.ConfigDict()
-    c.real.source = "package"
+    c.real.source = "package"     # package | imagefolder:<path> | tfds:<name> | target
     c.real.split = "train"        # tfds split
     c.real.data_dir = ""          # tfds data_dir ("" = TFDS default)
     # auto: random crops for the 12 package photos, else the reference's resize

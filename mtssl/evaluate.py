@@ -2,6 +2,11 @@
 
     python -m mtssl.evaluate --workdir=runs/local [--num_images=256] [--step=N]
 
+With `real.source="target"` (the procedural target domain) the run is also
+evaluated on held-out target scenes (logged as eval_target/...): their
+labels are never trained on, so the gap between the two measures how well
+the features transfer across the appearance change, with and without DA.
+
 Held-out scenes: for the scene engine, the same scene and render settings
 with another dataset seed (`render.seed + HELD_OUT_SEED_OFFSET`), so no
 evaluation scene is a training scene; for an on-disk synthetic dataset, its
@@ -25,11 +30,24 @@ from mtssl import steps
 from mtssl.config import tasks_of
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import normalize_images
+from mtssl.data.scenes import TARGET_APPEARANCE
 from mtssl.data.synthetic import from_config as synthetic_from_config
 from mtssl.dense_metrics import DenseMetrics
 from mtssl.pretrained import load_run
 
 HELD_OUT_SEED_OFFSET = 1_000_003
+TARGET_SEED_OFFSET = 2_000_029
+
+
+def target_source(config: ml_collections.ConfigDict, *, held_out: bool):
+    """The procedural target domain: the scene engine with `TARGET_APPEARANCE`
+    at the training size; training and held-out scenes use different seeds."""
+    render = ml_collections.ConfigDict(config.synthetic.render.to_dict())
+    render.scene.update(TARGET_APPEARANCE)
+    render.resolution = config.image_size
+    offset = TARGET_SEED_OFFSET + (HELD_OUT_SEED_OFFSET if held_out else 0)
+    render.seed = (render.seed + offset) % 2**32
+    return synthetic_from_config(render)
 
 
 def held_out_source(config: ml_collections.ConfigDict):

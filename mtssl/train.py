@@ -41,7 +41,7 @@ from mtssl.data import visualize
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import make_train_dataset, normalize_images
 from mtssl.data.synthetic import from_config as synthetic_from_config
-from mtssl.evaluate import evaluate_dense, held_out_source, synthetic_batch
+from mtssl.evaluate import evaluate_dense, held_out_source, synthetic_batch, target_source
 from mtssl.metric_writers import MetricWriter
 
 
@@ -61,7 +61,9 @@ def make_sources(config: ml_collections.ConfigDict):
         crop = "random_crop" if kind == "package" else "resize"
     common = dict(resolution=config.image_size, seed=config.seed, crop=crop,
                   min_scale=config.real.min_scale)
-    if kind == "package":
+    if kind == "target":
+        real = target_source(config, held_out=False)
+    elif kind == "package":
         real = real_data.PackagePhotos(**common)
     elif kind == "imagefolder":
         real = real_data.ImageFolder(root=arg, **common)
@@ -79,7 +81,9 @@ def preview_batch(config, held_out, real) -> dict[str, Any]:
     local_batch = max(n, config.batch_size // jax.process_count())
     syn = synthetic_batch(held_out, np.arange(local_batch), config.image_size)
     out = {"synthetic": {k: v[:n] for k, v in syn.items()}}
-    if real is not None:
+    if hasattr(real, "render_batch"):           # the procedural target domain
+        out["real"] = {"image": real.render_batch(np.arange(local_batch))["image"][:n]}
+    elif real is not None:
         out["real"] = {"image": np.stack([real[i]["image"] for i in range(n)])}
     return out
 
@@ -202,6 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     held_out = held_out_source(config)
+    eval_sets = {"eval": held_out}
+    if config.real.source == "target":
+        eval_sets["eval_target"] = target_source(config, held_out=True)
     previews = preview_batch(config, held_out, real) if config.log.images_every_steps else None
     logging.info("%d steps (%d per epoch), batch %d + %d on %d device(s)", total_steps,
                  steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
@@ -231,14 +238,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 _check_finite(last, step, last_good)
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
                 eval_start = time.perf_counter()
-                scores = {f"eval/{k}": v for k, v in evaluate_dense(
-                    predict, state, held_out, tasks=tasks_of(config),
-                    image_size=config.image_size, num_images=config.eval.num_images,
-                    batch_size=config.batch_size, sharding=data_sharding).items()}
-                if jax.process_index() == 0:
-                    print(f"eval at step {step}: " + ", ".join(
-                        f"{k.removeprefix('eval/')} {v:.3f}" for k, v in scores.items()),
-                        flush=True)
+                scores = {}
+                for prefix, source in eval_sets.items():
+                    result = evaluate_dense(
+                        predict, state, source, tasks=tasks_of(config),
+                        image_size=config.image_size, num_images=config.eval.num_images,
+                        batch_size=config.batch_size, sharding=data_sharding)
+                    scores.update({f"{prefix}/{k}": v for k, v in result.items()})
+                    if jax.process_index() == 0:
+                        print(f"{prefix} at step {step}: " + ", ".join(
+                            f"{k} {v:.3f}" for k, v in result.items()), flush=True)
                 if log_now:
                     last.update(scores)
                 else:

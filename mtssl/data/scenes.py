@@ -92,8 +92,21 @@ class SceneConfig:
     stack_probability: float = 0.35   # a small object tries to stand on another
     wall_aligned_probability: float = 0.6
     placement_tries: int = 16
+    # Appearance (the defaults are the training distribution; `TARGET_APPEARANCE`
+    # is a deliberately different one for measuring domain adaptation).
+    saturation: tuple[float, float] = (0.0, 0.75)   # albedo HSV saturation
+    value: tuple[float, float] = (0.15, 0.95)       # albedo HSV value
+    textures: tuple[str, ...] = TEXTURES            # allowed texture kinds
+    light_tint: float = 0.25          # per-channel light colour spread
+    noise_probability: float = 0.5    # share of images with sensor noise
+    noise_std: tuple[float, float] = (0.0, 0.03)
+    blur_probability: float = 0.2
 
     def __post_init__(self):
+        unknown = [t for t in self.textures if t not in TEXTURES]
+        if unknown or not self.textures:
+            raise ValueError(f"textures must be a non-empty subset of {TEXTURES}, "
+                             f"got {self.textures}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(
                 f"need 1 <= min_objects <= max_objects, got {self.min_objects}, "
@@ -102,6 +115,17 @@ class SceneConfig:
             raise ValueError(
                 f"need 1 <= min_lights <= max_lights <= {MAX_LIGHTS}, got "
                 f"{self.min_lights}, {self.max_lights}")
+
+
+# A deliberately different appearance over the same geometry: the procedural
+# "target" domain whose labels are never trained on (see mtssl.config,
+# real.source="target"): saturated colours, only hard-edged textures, strongly
+# tinted and brighter lighting, always noisy, mostly blurred.
+TARGET_APPEARANCE = {
+    "saturation": (0.45, 1.0), "value": (0.35, 1.0),
+    "textures": ("stripes", "checker", "gradient"), "light_tint": 0.6,
+    "noise_probability": 1.0, "noise_std": (0.02, 0.06), "blur_probability": 0.7,
+    "ambient": (0.25, 0.45)}
 
 
 class Camera(NamedTuple):
@@ -274,28 +298,30 @@ def _rotation(yaw, pitch, roll):
     return jnp.stack([right, down, forward], axis=1)
 
 
-def _random_colors(key, n):
-    """Muted, varied linear-RGB albedos: hue anywhere, moderate saturation."""
+def _random_colors(key, n, cfg: SceneConfig):
+    """Linear-RGB albedos: hue anywhere, saturation and value in the config's
+    ranges (by default muted: moderate saturation)."""
     kh, ks, kv = jax.random.split(key, 3)
     hue = jax.random.uniform(kh, (n,))
-    sat = jax.random.uniform(ks, (n,), minval=0.0, maxval=0.75)
-    val = jax.random.uniform(kv, (n,), minval=0.15, maxval=0.95)
+    sat = jax.random.uniform(ks, (n,), minval=cfg.saturation[0], maxval=cfg.saturation[1])
+    val = jax.random.uniform(kv, (n,), minval=cfg.value[0], maxval=cfg.value[1])
     k = (jnp.array([5.0, 3.0, 1.0]) + hue[:, None] * 6.0) % 6.0
     rgb = val[:, None] * (1 - sat[:, None] * jnp.clip(
         jnp.minimum(k, 4.0 - k), 0.0, 1.0))
     return rgb ** 2.2
 
 
-def _materials(key, n_surfaces, part_object):
+def _materials(key, n_surfaces, part_object, cfg: SceneConfig):
     """Random materials; parts of one object share one of two palettes."""
     keys = jax.random.split(key, 10)
     n_pal = n_surfaces
-    pal_a = _random_colors(keys[0], n_pal)
+    pal_a = _random_colors(keys[0], n_pal, cfg)
     pal_b = jnp.where(jax.random.bernoulli(keys[1], 0.5, (n_pal, 1)),
-                      _random_colors(keys[2], n_pal),
+                      _random_colors(keys[2], n_pal, cfg),
                       pal_a * jax.random.uniform(keys[3], (n_pal, 1), minval=0.3,
                                                  maxval=0.8))
-    texture = jax.random.randint(keys[4], (n_pal,), 0, len(TEXTURES))
+    allowed = jnp.asarray([TEXTURES.index(t) for t in cfg.textures], jnp.int32)
+    texture = allowed[jax.random.randint(keys[4], (n_pal,), 0, len(allowed))]
     frequency = jnp.exp(jax.random.uniform(keys[5], (n_pal,),
                                            minval=math.log(1.0),
                                            maxval=math.log(12.0)))
@@ -450,7 +476,7 @@ def sample_scene(key: jax.Array, cfg: SceneConfig) -> Scene:
     part_object = jnp.concatenate([
         jnp.full((ROOM_PLANES,), -1),
         jnp.repeat(jnp.arange(n_obj), PARTS_PER_OBJECT)])
-    materials = _materials(next(keys), num_surfaces(n_obj), part_object)
+    materials = _materials(next(keys), num_surfaces(n_obj), part_object, cfg)
 
     n_lights = jax.random.randint(next(keys), (), cfg.min_lights,
                                   cfg.max_lights + 1)
@@ -459,8 +485,8 @@ def sample_scene(key: jax.Array, cfg: SceneConfig) -> Scene:
                                   maxval=room[:2] - 0.2)
     light_z = room[2] - jax.random.uniform(lk[1], (MAX_LIGHTS,), minval=0.05,
                                            maxval=0.9)
-    tint = 1.0 + 0.25 * jax.random.uniform(lk[2], (MAX_LIGHTS, 3), minval=-1.0,
-                                           maxval=1.0)
+    tint = 1.0 + cfg.light_tint * jax.random.uniform(lk[2], (MAX_LIGHTS, 3),
+                                                     minval=-1.0, maxval=1.0)
     power = jax.random.uniform(lk[3], (MAX_LIGHTS, 1), minval=0.5, maxval=1.5)
     on = (jnp.arange(MAX_LIGHTS) < n_lights)[:, None]
     ambient = _uniform(next(keys), cfg.ambient) * (
@@ -468,7 +494,7 @@ def sample_scene(key: jax.Array, cfg: SceneConfig) -> Scene:
     lights = Lights(jnp.concatenate([light_xy, light_z[:, None]], -1),
                     jnp.where(on, tint * power, 0.0), ambient)
 
-    noise_std = jnp.where(jax.random.bernoulli(next(keys), 0.5),
-                          _uniform(next(keys), (0.0, 0.03)), 0.0)
-    blur = jax.random.bernoulli(next(keys), 0.2)
+    noise_std = jnp.where(jax.random.bernoulli(next(keys), cfg.noise_probability),
+                          _uniform(next(keys), cfg.noise_std), 0.0)
+    blur = jax.random.bernoulli(next(keys), cfg.blur_probability)
     return Scene(room, camera, objects, materials, lights, noise_std, blur)
