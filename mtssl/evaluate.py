@@ -97,8 +97,7 @@ def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images
 def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = None,
                         batch_size: int = 16) -> dict[str, float]:
     """Restores a run's checkpoint and evaluates it on held-out scenes."""
-    config, state, step = load_run(workdir, step)
-    static, _ = steps.create(config, config.image_size, jax.random.key(0))
+    config, static, state, step = load_run(workdir, step)
     mesh = jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()

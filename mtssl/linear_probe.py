@@ -44,7 +44,7 @@ from ml_collections import config_flags
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
-from mtssl.pretrained import Encoder, load_encoder, random_encoder
+from mtssl.pretrained import Encoder, encoder_forward, load_encoder, random_encoder
 
 
 def pooled_grid(channels: int, spatial: int, target: int) -> int:
@@ -71,8 +71,7 @@ def make_feature_fn(encoder: Encoder, layers: tuple[str, ...], target_dims: int,
                                target_dims) for name in layers}
 
     def features(params, stats, images):
-        taps = Encoder(encoder.graphdef, params, stats, encoder.config).apply(
-            images, upto=deepest)
+        taps = encoder_forward(encoder.graphdef, params, stats, images, upto=deepest)
         return {name: adaptive_avg_pool(taps[name], g).reshape(images.shape[0], -1)
                 for name, g in grids.items()}
 

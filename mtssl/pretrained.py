@@ -16,6 +16,7 @@ images normalised as in training (/255 minus the ImageNet mean).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -45,37 +46,33 @@ class Encoder:
     def layers(self) -> tuple[str, ...]:
         return encoder_taps(self.config.model.encoder)
 
-    def module(self) -> nnx.Module:
-        encoder = nnx.merge(self.graphdef, self.params, self.stats, copy=True)
-        encoder.eval()
-        return encoder
-
     def apply(self, images: jax.Array, upto: str | None = None) -> dict[str, jax.Array]:
         """Pure function of float images (already normalised): named taps.
         Jit it, or use `features`."""
-        return self.module()(images, upto=upto)
+        return encoder_forward(self.graphdef, self.params, self.stats, images, upto)
 
     def features(self, images: np.ndarray, upto: str | None = None) -> dict[str, np.ndarray]:
         """uint8 (N, H, W, 3) images -> {layer: (N, h, w, c) numpy}."""
         if upto not in self._compiled:
-            graphdef = self.graphdef
-
-            def apply(params, stats, images):
-                encoder = nnx.merge(graphdef, params, stats, copy=True)
-                encoder.eval()
-                return encoder(images, upto=upto)
-            self._compiled[upto] = jax.jit(apply)
+            self._compiled[upto] = jax.jit(functools.partial(
+                encoder_forward, self.graphdef, upto=upto))
         out = self._compiled[upto](self.params, self.stats,
                                    normalize_images(np.asarray(images)))
         return jax.device_get(out)
 
 
-def _encoder_parts(config, state) -> Encoder:
-    static, _ = steps.create(config, config.image_size, jax.random.key(0))
+def encoder_forward(graphdef, params, stats, images: jax.Array,
+                    upto: str | None = None) -> dict[str, jax.Array]:
+    """Inference-mode taps of an encoder given as (graphdef, params, stats)."""
+    encoder = nnx.merge(graphdef, params, stats, copy=True)
+    encoder.eval()
+    return encoder(images, upto=upto)
+
+
+def _encoder_parts(config, static, state, step: int | None) -> Encoder:
     net = nnx.merge(static.g_def, state.g_params, state.g_stats, copy=True)
     graphdef, params, stats = nnx.split(net.encoder, nnx.Param, nnx.BatchStat)
-    return Encoder(graphdef, params, stats, config,
-                   None if state is None else int(jax.device_get(state.step)))
+    return Encoder(graphdef, params, stats, config, step)
 
 
 def _checkpoint_root(path: epath.Path) -> tuple[epath.Path, int | None]:
@@ -88,8 +85,9 @@ def _checkpoint_root(path: epath.Path) -> tuple[epath.Path, int | None]:
 
 
 def load_run(path: str | epath.Path, step: int | None = None):
-    """(config, TrainState, step) of a checkpoint: `path` as in `load_encoder`;
-    `step` overrides the one the path names (default: the latest)."""
+    """(config, steps.Static, TrainState, step) of a checkpoint: `path` as in
+    `load_encoder`; `step` overrides the one the path names (default: the
+    latest)."""
     root, named = _checkpoint_root(epath.Path(path))
     with checkpointing.RunCheckpoints(root) as ckpt:
         step = step if step is not None else (
@@ -97,15 +95,15 @@ def load_run(path: str | epath.Path, step: int | None = None):
         if step is None:
             raise FileNotFoundError(f"no checkpoint found in {path}")
         config = ckpt.config(step)
-        _, init = steps.create(config, config.image_size, jax.random.key(0))
+        static, init = steps.create(config, config.image_size, jax.random.key(0))
         state = ckpt.restore(jax.eval_shape(init, jax.random.key(0)), step=step)
-    return config, state, step
+    return config, static, state, step
 
 
 def load_encoder(path: str | epath.Path) -> Encoder:
     """The encoder of a pretraining checkpoint (see module docstring)."""
-    config, state, _ = load_run(path)
-    return _encoder_parts(config, state)
+    config, static, state, step = load_run(path)
+    return _encoder_parts(config, static, state, step)
 
 
 def random_encoder(config: ml_collections.ConfigDict | None = None,
@@ -113,8 +111,5 @@ def random_encoder(config: ml_collections.ConfigDict | None = None,
     """A randomly initialised encoder (the baseline of every probe). Its
     BatchNorm running statistics are the initial ones (mean 0, var 1)."""
     config = config or defaults()
-    _, init = steps.create(config, config.image_size, jax.random.key(seed))
-    state = jax.jit(init)(jax.random.key(seed))
-    encoder = _encoder_parts(config, state)
-    encoder.step = None
-    return encoder
+    static, init = steps.create(config, config.image_size, jax.random.key(seed))
+    return _encoder_parts(config, static, jax.jit(init)(jax.random.key(seed)), None)
