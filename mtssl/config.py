@@ -112,6 +112,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 5000     # dense metrics on held-out scenes (0: never)
     c.eval.num_images = 256
+    c.eval.nyu = False            # also NYU Depth v2 depth/normals (TFDS nyu_depth_v2)
+    c.eval.nyu_split = "validation"
+    c.eval.nyu_median_scaling = True
+    c.eval.data_dir = ""          # TFDS data_dir for NYU ("" = default)
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 2000
     c.checkpoint.keep = 3

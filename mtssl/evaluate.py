@@ -1,24 +1,34 @@
 """Dense-task evaluation of a pretraining run on held-out synthetic scenes.
 
-    python -m mtssl.evaluate --workdir=runs/local [--num_images=256] [--step=N]
+    python -m mtssl.evaluate --workdir=runs/local [--num_images=256] [--step=N] [--nyu]
 
-With `real.source="target"` (the procedural target domain) the run is also
-evaluated on held-out target scenes (logged as eval_target/...): their
-labels are never trained on, so the gap between the two measures how well
-the features transfer across the appearance change, with and without DA.
+The evaluation sets of a run (`eval_sets(config)`), each logged under its
+prefix:
+  eval/...         held-out scenes of the training domain (always);
+  eval_target/...  held-out scenes of the procedural target domain, when
+                   `real.source="target"`: their labels are never trained on,
+                   so the gap to eval/ measures how well the features transfer
+                   across the appearance change, with and without DA;
+  eval_nyu/...     NYU Depth v2 (TFDS `nyu_depth_v2`, `eval.nyu_split`) depth
+                   and normals, when `eval.nyu` (or --nyu) and the dataset is
+                   prepared; depth median-scaled per image by default
+                   (`eval.nyu_median_scaling`), as synthetic metres need not be
+                   NYU metres. See `mtssl.data.nyu`.
 
 Held-out scenes: for the scene engine, the same scene and render settings
 with another dataset seed (`render.seed + HELD_OUT_SEED_OFFSET`), so no
 evaluation scene is a training scene; for an on-disk synthetic dataset, its
 last `num_images` frames. Images are centre-cropped to the training size and
 predicted in inference mode; the metrics are those of `mtssl.dense_metrics`.
-Training calls `evaluate_dense` every `eval.every_steps` (logged as eval/...).
-The standalone command writes `<workdir>/eval_<step>.json` and prints it.
+Training calls `evaluate_sets` every `eval.every_steps`. The standalone
+command writes `<workdir>/eval_<step>.json` and prints it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
 import jax
 import ml_collections
@@ -28,6 +38,7 @@ from etils import epath
 
 from mtssl import steps
 from mtssl.config import tasks_of
+from mtssl.data.nyu import NyuDepthV2
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import normalize_images
 from mtssl.data.scenes import TARGET_APPEARANCE
@@ -60,6 +71,32 @@ def held_out_source(config: ml_collections.ConfigDict):
                            depth_scale=config.synthetic.depth_scale)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    source: Any
+    tasks: tuple[str, ...]
+    median_scaling: bool = False
+
+
+def eval_sets(config: ml_collections.ConfigDict,
+              nyu: bool | None = None) -> dict[str, EvalSet]:
+    """{prefix: EvalSet} of a run (see module docstring); `nyu` overrides
+    `eval.nyu`. Opening NYU fails here, with the fix, when it is not prepared."""
+    tasks = tasks_of(config)
+    sets = {"eval": EvalSet(held_out_source(config), tasks)}
+    if config.real.source == "target":
+        sets["eval_target"] = EvalSet(target_source(config, held_out=True), tasks)
+    evalc = config.eval
+    nyu_tasks = tuple(t for t in tasks if t in ("depth", "normals"))
+    if (evalc.get("nyu", False) if nyu is None else nyu) and nyu_tasks:
+        source = NyuDepthV2(split=evalc.get("nyu_split", "validation"),
+                            resolution=config.image_size,
+                            data_dir=evalc.get("data_dir", "") or None)
+        sets["eval_nyu"] = EvalSet(source, nyu_tasks,
+                                   evalc.get("nyu_median_scaling", True))
+    return sets
+
+
 def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
     top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
     return a[:, top:top + size, left:left + size]
@@ -76,13 +113,13 @@ def synthetic_batch(source, indices: np.ndarray, size: int) -> dict[str, np.ndar
 
 
 def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images: int,
-                   batch_size: int, sharding) -> dict[str, float]:
+                   batch_size: int, sharding, median_scaling: bool = False) -> dict[str, float]:
     """Dense metrics of `predict(state, images)` on the first `num_images`
     (or, for folders, the last) records of `source`, in batches of
     `batch_size` (the last batch padded, so one program serves all)."""
     n = min(num_images, len(source))
     first = len(source) - n if isinstance(source, SyntheticFolder) else 0
-    metrics = DenseMetrics(tasks)
+    metrics = DenseMetrics(tasks, median_scaling=median_scaling)
     for start in range(0, n, batch_size):
         idx = np.arange(first + start, first + min(start + batch_size, n))
         padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
@@ -94,18 +131,31 @@ def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images
     return metrics.result()
 
 
+def evaluate_sets(predict, state, sets: dict[str, EvalSet], *, image_size: int,
+                  num_images: int, batch_size: int, sharding) -> dict[str, float]:
+    """{"<prefix>/<metric>": value} over all `sets`."""
+    scores = {}
+    for prefix, s in sets.items():
+        result = evaluate_dense(predict, state, s.source, tasks=s.tasks,
+                                image_size=image_size, num_images=num_images,
+                                batch_size=batch_size, sharding=sharding,
+                                median_scaling=s.median_scaling)
+        scores.update({f"{prefix}/{k}": v for k, v in result.items()})
+    return scores
+
+
 def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = None,
-                        batch_size: int = 16) -> dict[str, float]:
-    """Restores a run's checkpoint and evaluates it on held-out scenes."""
+                        batch_size: int = 16, nyu: bool | None = None) -> dict[str, float]:
+    """Restores a run's checkpoint and evaluates it on its `eval_sets`."""
     config, static, state, step = load_run(workdir, step)
     mesh = jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
     predict = jax.jit(lambda s, x: steps.predict(s, x, static=static))
-    result = evaluate_dense(predict, state, held_out_source(config), tasks=tasks_of(config),
-                            image_size=config.image_size, num_images=num_images,
-                            batch_size=batch_size,
-                            sharding=jax.NamedSharding(mesh, jax.P("data")))
+    result = evaluate_sets(predict, state, eval_sets(config, nyu),
+                           image_size=config.image_size, num_images=num_images,
+                           batch_size=batch_size,
+                           sharding=jax.NamedSharding(mesh, jax.P("data")))
     return {"step": step, "num_images": num_images, **result}
 
 
@@ -114,7 +164,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     f = flags.FLAGS
-    result = evaluate_checkpoint(f.workdir, num_images=f.num_images, step=f.step)
+    result = evaluate_checkpoint(f.workdir, num_images=f.num_images, step=f.step,
+                                 nyu=f.nyu or None)
     out = epath.Path(f.workdir) / f"eval_{result['step']}.json"
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
@@ -124,5 +175,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A pretraining workdir.")
     flags.DEFINE_integer("num_images", 256, "Held-out scenes to evaluate on.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_bool("nyu", False, "Also evaluate on NYU Depth v2 (TFDS nyu_depth_v2), "
+                      "whatever the run's eval.nyu says.")
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -41,6 +41,11 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from mtssl.classification import (
+    classification_loss,
+    mean_average_precision,
+    multilabel_accuracy,
+)
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
@@ -144,22 +149,6 @@ def _standardizer(features: FeatureSet, max_batches: int = 50):
     return mean, std
 
 
-def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """Area under the precision-recall curve of one class (VOC >= 2010 style:
-    the mean of the precisions at each positive's rank)."""
-    order = np.argsort(-scores, kind="stable")
-    hits = positives[order] > 0
-    if not hits.any():
-        return float("nan")
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
-    return float(np.nanmean(aps))
-
-
 def train_probes(train: FeatureSet, dims: dict[str, int], num_classes: int,
                  multilabel: bool, config, mean, std):
     """Adam on every (layer, l2) classifier at once; returns params."""
@@ -178,11 +167,7 @@ def train_probes(train: FeatureSet, dims: dict[str, int], num_classes: int,
         for k, p in params.items():
             x = (feats[k] - mean[k]) / std[k]
             logits = jnp.einsum("nd,ldc->lnc", x, p["w"]) + p["b"][:, None]
-            if multilabel:
-                ce = optax.sigmoid_binary_cross_entropy(logits, labels[None]).mean((1, 2))
-            else:
-                ce = optax.softmax_cross_entropy_with_integer_labels(
-                    logits, jnp.broadcast_to(labels, logits.shape[:2])).mean(1)
+            ce = classification_loss(logits, labels, multilabel)     # (n_l2,)
             total = total + jnp.sum(ce + l2 * jnp.sum(p["w"] ** 2, (1, 2)))
         return total
 
@@ -223,7 +208,7 @@ def evaluate_probes(params, features: FeatureSet, multilabel: bool, mean, std):
     for k in params:
         s = np.concatenate(scores[k], axis=1)        # (n_l2, N, C)
         if multilabel:
-            acc = [float(((s[i] > 0) == (labels > 0)).mean()) for i in range(len(s))]
+            acc = [multilabel_accuracy(s[i], labels) for i in range(len(s))]
             maps = [mean_average_precision(s[i], labels) for i in range(len(s))]
             results[k] = {"accuracy": acc, "map": maps}
         else:

@@ -35,13 +35,13 @@ from absl import logging
 from etils import epath
 
 from mtssl import checkpointing, steps
-from mtssl.config import tasks_of, validate
+from mtssl.config import validate
 from mtssl.data import real as real_data
 from mtssl.data import visualize
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import make_train_dataset, normalize_images
 from mtssl.data.synthetic import from_config as synthetic_from_config
-from mtssl.evaluate import evaluate_dense, held_out_source, synthetic_batch, target_source
+from mtssl.evaluate import eval_sets, evaluate_sets, synthetic_batch, target_source
 from mtssl.metric_writers import MetricWriter
 
 
@@ -144,12 +144,12 @@ def console_line(step: int, total: int, metrics: dict[str, float], images_per_s:
     return " | ".join(parts)
 
 
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     fetched = jax.device_get(history)
     return {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
 
 
-def _check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
+def check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
         where = (f"the last good checkpoint (step {last_good}) is kept"
@@ -205,11 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(workdir)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    held_out = held_out_source(config)
-    eval_sets = {"eval": held_out}
-    if config.real.source == "target":
-        eval_sets["eval_target"] = target_source(config, held_out=True)
-    previews = preview_batch(config, held_out, real) if config.log.images_every_steps else None
+    evaluation = eval_sets(config)
+    previews = (preview_batch(config, evaluation["eval"].source, real)
+                if config.log.images_every_steps else None)
     logging.info("%d steps (%d per epoch), batch %d + %d on %d device(s)", total_steps,
                  steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
 
@@ -233,21 +231,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log_now = step % config.log.every_steps == 0 or final
             save_now = step % config.checkpoint.every_steps == 0 or final
             if log_now or save_now:
-                last = _mean_metrics(history)
+                last = mean_metrics(history)
                 history = []
-                _check_finite(last, step, last_good)
+                check_finite(last, step, last_good)
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
                 eval_start = time.perf_counter()
-                scores = {}
-                for prefix, source in eval_sets.items():
-                    result = evaluate_dense(
-                        predict, state, source, tasks=tasks_of(config),
-                        image_size=config.image_size, num_images=config.eval.num_images,
-                        batch_size=config.batch_size, sharding=data_sharding)
-                    scores.update({f"{prefix}/{k}": v for k, v in result.items()})
-                    if jax.process_index() == 0:
+                scores = evaluate_sets(
+                    predict, state, evaluation, image_size=config.image_size,
+                    num_images=config.eval.num_images, batch_size=config.batch_size,
+                    sharding=data_sharding)
+                if jax.process_index() == 0:
+                    for prefix in evaluation:
                         print(f"{prefix} at step {step}: " + ", ".join(
-                            f"{k} {v:.3f}" for k, v in result.items()), flush=True)
+                            f"{k.partition('/')[2]} {v:.3f}" for k, v in scores.items()
+                            if k.startswith(prefix + "/")), flush=True)
                 if log_now:
                     last.update(scores)
                 else:

@@ -1,4 +1,4 @@
-"""Linear probes: pooling geometry, AP/mAP, separable toy data, data sources."""
+"""Linear probes: pooling geometry, separable toy data, data sources."""
 
 import json
 import os
@@ -44,20 +44,6 @@ def test_pooling_grid_gives_about_9k_features_per_layer():
     # Bins [0, 3) and [2, 5) in each direction (overlapping by one, as torch's).
     np.testing.assert_allclose(pooled[0, 0, 0, 0], x[0, :3, :3, 0].mean())
     np.testing.assert_allclose(pooled[1, 1, 0, 0], x[1, 2:, :3, 0].mean())
-
-
-def test_average_precision_by_hand():
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
-    positives = np.array([1, 0, 1, 0, 1])
-    # Precision at each positive's rank: 1/1, 2/3, 3/5.
-    assert linear_probe.average_precision(scores, positives) == pytest.approx(
-        (1 + 2 / 3 + 3 / 5) / 3)
-    labels = np.stack([positives, 1 - positives], 1)
-    both = np.stack([scores, -scores], 1)
-    # Class 2 ranks items 4, 3, 2, 1, 0; its positives (3 and 1) come 2nd and
-    # 4th: precisions 1/2 and 2/4, AP 0.5.
-    assert linear_probe.mean_average_precision(both, labels) == pytest.approx(
-        ((1 + 2 / 3 + 3 / 5) / 3 + 0.5) / 2)
 
 
 def write_toy_folder(root, n_per_class=24, size=40):
@@ -109,7 +95,13 @@ def test_tfds_classification_and_multilabel_through_mock_data():
         voc = LabeledTfds(name="voc/2007", split="train", resolution=24)
         assert voc.multilabel and len(voc.class_names) == 20
         hot = voc[0]["label"]
-        assert hot.shape == (20,) and set(np.unique(hot)) <= {0.0, 1.0}
+        record = voc._source[0]
+        # Present without "difficult" objects: 1; only as difficult: ignored (-1).
+        certain = set(np.asarray(record["labels_no_difficult"]).tolist())
+        uncertain = set(np.asarray(record["labels"]).tolist()) - certain
+        assert hot.shape == (20,) and set(np.unique(hot)) <= {-1.0, 0.0, 1.0}
+        assert {int(i) for i in np.flatnonzero(hot == 1)} == certain
+        assert {int(i) for i in np.flatnonzero(hot == -1)} == uncertain
 
 
 def test_missing_tfds_dataset_is_a_clear_error(tmp_path):

@@ -144,8 +144,22 @@ def test_standalone_evaluation_matches_the_training_time_one(main_run):
     result = evaluate_checkpoint(str(workdir), num_images=6, step=2, batch_size=4)
     logged = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
     assert result["step"] == 2
-    for key in ("depth/abs_rel", "normals/mean_deg", "contours/f"):
-        assert result[key] == pytest.approx(logged[f"eval/{key}"], rel=1e-5), key
+    for key in ("eval/depth/abs_rel", "eval/normals/mean_deg", "eval/contours/f"):
+        assert result[key] == pytest.approx(logged[key], rel=1e-5), key
+
+
+def test_nyu_depth_evaluation_of_a_checkpoint_through_mock_data(main_run):
+    import tensorflow_datasets as tfds
+
+    from mtssl.evaluate import evaluate_checkpoint
+    workdir, _ = main_run
+    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+        result = evaluate_checkpoint(str(workdir), num_images=3, step=2, batch_size=4,
+                                     nyu=True)
+    for key in ("eval_nyu/depth/abs_rel", "eval_nyu/depth/delta1", "eval_nyu/normals/mean_deg",
+                "eval/contours/f"):
+        assert np.isfinite(result[key]), key
+    assert not any(k.startswith("eval_nyu/contours") for k in result)   # no labels
 
 
 def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):

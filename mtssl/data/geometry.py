@@ -17,18 +17,26 @@ def backproject(depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
     return np.stack([(u - cx) / fx * depth, (v - cy) / fy * depth, depth], -1)
 
 
-def normals_from_depth(depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+def normals_from_depth(depth: np.ndarray, intrinsics: np.ndarray,
+                       step: int = 1) -> np.ndarray:
     """Unit camera-frame normals from depth by central differences.
 
     The normal is the cross product of the horizontal and vertical tangents of
-    the back-projected surface, oriented towards the camera. Border pixels
+    the back-projected surface (differences over +-`step` pixels; a wider step
+    averages out quantised depth), oriented towards the camera. Border pixels
     use one-sided differences. Non-finite or non-positive depth gives NaN.
     """
     depth = depth.astype(np.float64)
     bad = ~np.isfinite(depth) | (depth <= 0)
     pts = backproject(np.where(bad, np.nan, depth), intrinsics)
-    du = np.gradient(pts, axis=1)
-    dv = np.gradient(pts, axis=0)
+    if step == 1:
+        du = np.gradient(pts, axis=1)
+        dv = np.gradient(pts, axis=0)
+    else:
+        h, w = depth.shape
+        cols, rows = np.arange(w), np.arange(h)
+        du = (pts[:, np.minimum(cols + step, w - 1)] - pts[:, np.maximum(cols - step, 0)])
+        dv = (pts[np.minimum(rows + step, h - 1)] - pts[np.maximum(rows - step, 0)])
     n = np.cross(du, dv)
     norm = np.linalg.norm(n, axis=-1, keepdims=True)
     n = n / np.where(norm > 0, norm, np.nan)

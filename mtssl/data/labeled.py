@@ -2,8 +2,11 @@
 
 Every source is a grain RandomAccessDataSource yielding
 {"image": uint8 (R, R, 3), "label": int32 ()} for single-label sets or
-{"image": ..., "label": float32 (num_classes,) multi-hot} when `multilabel`,
-and has `class_names`. `make_labeled(spec, split, ...)` builds one from a
+{"image": ..., "label": float32 (num_classes,) multi-hot} when `multilabel`
+(1 present, 0 absent, -1 = `classification.IGNORE`: VOC classes present only
+as "difficult" objects), and has `class_names`. Record i's crop is a fixed function of (seed, i);
+`load_example(i)` gives the uncropped RGB image and label instead, for
+pipelines that draw a new augmentation every epoch (fine-tuning). `make_labeled(spec, split, ...)` builds one from a
 string:
 
   "photos"             the embedded default: which of scikit-image's 12
@@ -26,12 +29,30 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from mtssl.classification import IGNORE
 from mtssl.data import real
 
 DATASETS = ("photos", "imagefolder:<path>", "tfds:<name>")
 
 
-class PhotoCrops(real._CroppedImages):
+class _Labeled(real._CroppedImages):
+    """Shared __getitem__: load_example -> crop by (seed, index)."""
+
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 RGB image at its own size, label) of record `index`."""
+        raise NotImplementedError
+
+    def _load(self, index: int) -> np.ndarray:
+        return self.load_example(index)[0]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        image, label = self.load_example(int(index))
+        rng = np.random.default_rng([self.seed, int(index)])
+        return {"image": real.crop_and_resize(image, self.resolution, self.crop, rng,
+                                              self.min_scale), "label": label}
+
+
+class PhotoCrops(_Labeled):
     """Crops of the package photographs labelled by photograph."""
 
     TRAIN_SHARE = 0.55
@@ -49,15 +70,11 @@ class PhotoCrops(real._CroppedImages):
     def __len__(self) -> int:
         return self.num_records
 
-    def _load(self, index: int) -> np.ndarray:
-        photo = real._photo(self.class_names[index % len(self.class_names)])
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        label = int(index) % len(self.class_names)
+        photo = real._photo(self.class_names[label])
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
-        return photo[:, :cut] if self.split == "train" else photo[:, cut:]
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        out = super().__getitem__(index)
-        out["label"] = np.int32(int(index) % len(self.class_names))
-        return out
+        return (photo[:, :cut] if self.split == "train" else photo[:, cut:]), np.int32(label)
 
 
 def _in_test_split(name: str, fraction: float) -> bool:
@@ -65,7 +82,7 @@ def _in_test_split(name: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
-class LabeledFolder(real._CroppedImages):
+class LabeledFolder(_Labeled):
     """root/<class>/<image> (or root/<split>/<class>/<image>)."""
 
     def __init__(self, *, root: str | pathlib.Path, split: str = "train",
@@ -100,17 +117,12 @@ class LabeledFolder(real._CroppedImages):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, index: int) -> np.ndarray:
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with Image.open(self.files[index]) as im:
-            return np.asarray(im.convert("RGB"))
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        out = super().__getitem__(index)
-        out["label"] = self.labels[int(index)]
-        return out
+            return np.asarray(im.convert("RGB")), self.labels[int(index)]
 
 
-class LabeledTfds(real._CroppedImages):
+class LabeledTfds(_Labeled):
     """A TFDS dataset through `tfds.data_source` (never downloads)."""
 
     def __init__(self, *, name: str, split: str = "train", data_dir: str | None = None,
@@ -126,6 +138,8 @@ class LabeledTfds(real._CroppedImages):
         elif "labels" in features:
             self._key, self.multilabel = "labels", True
             self.class_names = tuple(features["labels"].feature.names)
+            # VOC: a class present only through "difficult" objects is ignored.
+            self._certain = "labels_no_difficult" if "labels_no_difficult" in features else None
         else:
             raise ValueError(f"TFDS dataset {name!r} has no 'label' or 'labels' feature; "
                              f"features: {', '.join(features.keys())}")
@@ -133,23 +147,17 @@ class LabeledTfds(real._CroppedImages):
     def __len__(self) -> int:
         return len(self._source)
 
-    def _record(self, index: int):
-        return self._source[index]
-
-    def _load(self, index: int) -> np.ndarray:
-        return self._record(index)["image"]
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        record = self._record(int(index))
-        rng = np.random.default_rng([self.seed, int(index)])
-        image = real.crop_and_resize(real.to_rgb(record["image"]), self.resolution,
-                                     self.crop, rng, self.min_scale)
-        label = record[self._key]
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        record = self._source[int(index)]
+        image, label = real.to_rgb(record["image"]), record[self._key]
         if self.multilabel:
             hot = np.zeros(len(self.class_names), np.float32)
+            if self._certain:
+                hot[np.asarray(label, np.int64)] = IGNORE
+                label = record[self._certain]
             hot[np.asarray(label, np.int64)] = 1.0
-            return {"image": image, "label": hot}
-        return {"image": image, "label": np.int32(label)}
+            return image, hot
+        return image, np.int32(label)
 
 
 def make_labeled(spec: str, split: str, *, resolution: int, seed: int = 0,

@@ -1,0 +1,369 @@
+"""Transfer by fine-tuning the whole encoder on a classification task.
+
+    python -m mtssl.finetune --config=configs/finetune.py --workdir=finetune/voc07 \\
+        --config.checkpoint=runs/paper
+
+The paper's transfer test is PASCAL VOC 2007 classification (TFDS
+`voc/2007`, 20 classes, multi-label) under the protocol of Krähenbühl et
+al. (see configs/finetune.py for the numbers): the pretrained encoder up to
+its `head_input` layer (fc7 for AlexNet, conv5 for ResNets), then ReLU,
+global average pooling, dropout and a new linear classifier; every layer is
+trained (SGD with momentum, step decay, gradient clipping, the new layer at
+`classifier_lr_multiplier` x the rate); BatchNorm layers use batch
+statistics while training and their running averages at test time.
+
+Training crops are random-scale square crops with random flips, drawn anew
+every epoch (grain, `load_example` of the labelled source); test images are
+resized to `test_scale` x the crop size and scored by the mean probability
+over 10 crops (4 corners + centre and their mirrors). Multi-label sets use
+sigmoid outputs and report mAP (VOC "difficult"-only labels ignored), single-
+label sets softmax and top-1 accuracy.
+
+Output in `--workdir`: `finetune.json` ({"map" | "accuracy", "per_class_ap",
+"step", ...}), `finetune.md`, metrics.jsonl + TensorBoard events, and
+checkpoints every `save_every` steps: an interrupted run resumes from the
+last one (model, optimizer and data position); a non-finite loss stops the
+run and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from etils import epath
+from flax import nnx
+from ml_collections import config_flags
+from PIL import Image
+
+from mtssl import checkpointing
+from mtssl.classification import (
+    average_precision,
+    classification_loss,
+    mean_average_precision,
+    multilabel_accuracy,
+)
+from mtssl.config import defaults as pretrain_defaults
+from mtssl.data import real
+from mtssl.data.labeled import make_labeled
+from mtssl.data.pipeline import normalize_images
+from mtssl.metric_writers import MetricWriter
+from mtssl.pretrained import load_encoder, random_encoder
+from mtssl.train import check_finite, mean_metrics
+
+NUM_TEST_CROPS = 10
+
+
+class Classifier(nnx.Module):
+    """encoder taps[tap] -> ReLU -> global average pool -> dropout -> linear."""
+
+    def __init__(self, encoder: nnx.Module, tap: str, channels: int, num_classes: int,
+                 *, rngs: nnx.Rngs):
+        self.encoder, self.tap = encoder, tap
+        self.classifier = nnx.Linear(channels, num_classes, rngs=rngs)
+
+    def __call__(self, images: jax.Array, dropout_key: jax.Array | None = None,
+                 rate: float = 0.0) -> jax.Array:
+        x = jax.nn.relu(self.encoder(images, upto=self.tap)[self.tap]).mean((1, 2))
+        if dropout_key is not None and rate > 0:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), 0.0)
+        return self.classifier(x)
+
+
+@flax.struct.dataclass
+class FinetuneState:
+    step: jax.Array
+    rng: jax.Array
+    params: Any
+    stats: Any
+    opt: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    graphdef: Any
+    tx: optax.GradientTransformation
+    multilabel: bool
+    dropout: float
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """SGD + momentum, L2 weight decay, global-norm clipping, step decay;
+    the new classifier at `classifier_lr_multiplier` x the rate."""
+    schedule = optax.exponential_decay(config.learning_rate, config.lr_decay_every,
+                                       config.lr_decay_factor, staircase=True)
+
+    def sgd(multiplier):
+        return optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(lambda step: multiplier * schedule(step), momentum=config.momentum))
+
+    def label(params):
+        def which(path, _):
+            return "classifier" if getattr(path[0], "key", None) == "classifier" else "encoder"
+        return jax.tree_util.tree_map_with_path(which, params)
+
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.multi_transform({"encoder": sgd(1.0),
+                               "classifier": sgd(config.classifier_lr_multiplier)}, label))
+
+
+def create(config, encoder, num_classes: int, multilabel: bool, image_size: int):
+    """(Static, FinetuneState) from a frozen `pretrained.Encoder`."""
+    module = nnx.merge(encoder.graphdef, encoder.params, encoder.stats, copy=True)
+    tap = module.head_input
+    shape = jax.eval_shape(lambda x: encoder.apply(x, upto=tap)[tap],
+                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+    model = Classifier(module, tap, shape.shape[-1], num_classes,
+                       rngs=nnx.Rngs(config.seed))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = make_optimizer(config)
+    static = Static(graphdef, tx, multilabel, float(config.dropout))
+    state = FinetuneState(jnp.zeros((), jnp.int32), jax.random.key(config.seed), params,
+                          stats, tx.init(params))
+    return static, state
+
+
+def train_step(state: FinetuneState, batch: dict[str, jax.Array], *, static: Static):
+    key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        model = nnx.merge(static.graphdef, params, state.stats, copy=True)
+        model.train()
+        logits = model(batch["image"], dropout_key=key, rate=static.dropout)
+        loss = classification_loss(logits, batch["label"], static.multilabel)
+        return loss, nnx.state(model, nnx.BatchStat)
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt = static.tx.update(grads, state.opt, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, params=params, stats=stats, opt=opt), metrics
+
+
+def predict_probabilities(state: FinetuneState, images: jax.Array, *, static: Static):
+    """(N * NUM_TEST_CROPS, H, W, 3) crops -> (N, C) mean probabilities."""
+    model = nnx.merge(static.graphdef, state.params, state.stats, copy=True)
+    model.eval()
+    logits = model(images)
+    probs = jax.nn.sigmoid(logits) if static.multilabel else jax.nn.softmax(logits)
+    return probs.reshape(-1, NUM_TEST_CROPS, probs.shape[-1]).mean(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomScaleCrop(grain.transforms.RandomMap):
+    """index -> a random-scale square crop (with a random flip) and the label."""
+
+    source: Any
+    size: int
+    min_scale: float
+
+    def random_map(self, index, rng: np.random.Generator):
+        image, label = self.source.load_example(int(index))
+        return {"image": real.crop_and_resize(image, self.size, "random_crop", rng,
+                                              self.min_scale), "label": label}
+
+
+def ten_crops(image: np.ndarray, size: int, scale: float) -> np.ndarray:
+    """uint8 (H, W, 3) -> (10, size, size, 3): resized to round(scale * size)
+    square, its 4 corners and centre, then their mirrors."""
+    side = max(size, round(scale * size))
+    im = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+    far, mid = side - size, (side - size) // 2
+    crops = [im[t:t + size, l:l + size]
+             for t, l in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+    return np.stack(crops + [c[:, ::-1] for c in crops])
+
+
+@dataclasses.dataclass(frozen=True)
+class TenCrops(grain.transforms.Map):
+    source: Any
+    size: int
+    scale: float
+
+    def map(self, index):
+        image, label = self.source.load_example(int(index))
+        return {"image": ten_crops(image, self.size, self.scale), "label": label}
+
+
+def _limit(n: int, limit: int) -> int:
+    return n if limit <= 0 else min(n, limit)
+
+
+def train_dataset(source, config, image_size: int, local_batch: int) -> grain.MapDataset:
+    """This process's endless stream of augmented training batches."""
+    n = _limit(len(source), config.max_train_examples)
+    indices = grain.MapDataset.range(n)[jax.process_index()::jax.process_count()]
+    return (indices.shuffle(seed=config.seed).repeat()
+            .random_map(RandomScaleCrop(source, image_size, config.min_scale),
+                        seed=config.seed + 1)
+            .batch(local_batch, drop_remainder=True))
+
+
+def evaluate(predict, state, source, config, image_size: int, sharding) -> dict[str, Any]:
+    """10-crop scores on the test split (every process scores every image)."""
+    n = _limit(len(source), config.max_test_examples)
+    batch = config.batch_size
+    dataset = grain.MapDataset.range(n).map(TenCrops(source, image_size, config.test_scale))
+    loader = dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.num_threads))
+    scores, labels, pending = [], [], []
+
+    def flush():
+        images = np.concatenate([p["image"] for p in pending])
+        count = len(pending)
+        pad = (batch - count) * NUM_TEST_CROPS          # one compiled shape
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+        x = jax.device_put(normalize_images(images), sharding)
+        scores.append(np.asarray(jax.device_get(predict(state, x)))[:count])
+        labels.extend(p["label"] for p in pending)
+        pending.clear()
+
+    for example in loader:
+        pending.append(example)
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    scores, labels = np.concatenate(scores), np.stack(labels)
+    if source.multilabel:
+        aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+        return {"map": mean_average_precision(scores, labels),
+                "accuracy": multilabel_accuracy(scores - 0.5, labels),
+                "per_class_ap": dict(zip(source.class_names, aps)), "test_examples": n}
+    return {"accuracy": float((scores.argmax(-1) == labels).mean()), "test_examples": n}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Fine-tunes (or resumes), evaluates, writes finetune.json / .md."""
+    workdir = epath.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.checkpoint:
+        encoder = load_encoder(config.checkpoint)
+    else:
+        model_config = pretrain_defaults()
+        model_config.model.update(dict(config.model))
+        encoder = random_encoder(model_config, seed=config.seed)
+    image_size = config.image_size or encoder.config.image_size
+    devices = jax.device_count()
+    if config.batch_size % devices:
+        raise ValueError(f"batch_size={config.batch_size} does not divide over {devices} "
+                         "devices")
+    common = {"resolution": image_size, "seed": config.seed,
+              "data_dir": config.data_dir or None, "num_records": config.photos_per_split}
+    train_source = make_labeled(config.dataset, config.train_split, **common)
+    test_source = make_labeled(config.dataset, config.test_split, **common)
+    for name, source in (("train", train_source), ("test", test_source)):
+        if not hasattr(source, "load_example"):
+            raise ValueError(f"{config.dataset} ({name}) cannot give uncropped examples")
+    num_classes, multilabel = len(train_source.class_names), train_source.multilabel
+
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    data_sharding = jax.NamedSharding(mesh, jax.P("data"))
+    replicated = jax.NamedSharding(mesh, jax.P())
+    static, initial = create(config, encoder, num_classes, multilabel, image_size)
+    state_sharding = jax.tree.map(lambda _: replicated, initial)
+    step_fn = jax.jit(lambda s, b: train_step(s, b, static=static),
+                      in_shardings=(state_sharding, data_sharding),
+                      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    predict = jax.jit(lambda s, x: predict_probabilities(s, x, static=static))
+
+    local_batch = config.batch_size // jax.process_count()
+    data_iter = iter(train_dataset(train_source, config, image_size, local_batch)
+                     .to_iter_dataset(grain.ReadOptions(num_threads=config.num_threads,
+                                                        prefetch_buffer_size=4)))
+    checkpoints = checkpointing.RunCheckpoints(workdir / "checkpoints", keep=config.keep)
+    abstract = jax.eval_shape(lambda: initial)
+    state = checkpoints.restore(
+        checkpointing.abstract_with_sharding(abstract, state_sharding), data_iter)
+    if state is None:
+        state = jax.device_put(initial, state_sharding)
+    start = int(jax.device_get(state.step))
+    last_good = checkpoints.latest_step()
+    logging.info("fine-tuning %s on %s: %d train / %d test, %d classes, %s, steps %d..%d",
+                 config.checkpoint or "random init", config.dataset,
+                 _limit(len(train_source), config.max_train_examples),
+                 _limit(len(test_source), config.max_test_examples), num_classes,
+                 "multi-label" if multilabel else "single-label", start, config.num_steps)
+
+    writer = MetricWriter(workdir)
+    history, window = [], time.perf_counter()
+    try:
+        for step in range(start + 1, config.num_steps + 1):
+            batch = next(data_iter)
+            batch = {"image": normalize_images(batch["image"]), "label": batch["label"]}
+            batch = jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch)
+            state, metrics = step_fn(state, batch)
+            history.append(metrics)
+            final = step == config.num_steps
+            if step % config.log_every == 0 or step % config.save_every == 0 or final:
+                logged = mean_metrics(history)
+                check_finite(logged, step, last_good)
+                elapsed = time.perf_counter() - window
+                logged["images_per_s"] = len(history) * config.batch_size / elapsed
+                writer.write_scalars(step, logged)
+                if jax.process_index() == 0:
+                    print(f"step {step}/{config.num_steps}: loss {logged['loss']:.4f}, "
+                          f"{logged['images_per_s']:.1f} img/s", flush=True)
+                history, window = [], time.perf_counter()
+            if step % config.save_every == 0 or final:
+                checkpoints.save(step, state, data_iter, config)
+                last_good = step
+        checkpoints.wait()
+    finally:
+        checkpoints.close()
+    start_eval = time.perf_counter()
+    result = evaluate(predict, state, test_source, config, image_size, replicated)
+    result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
+                  checkpoint_step=encoder.step, dataset=config.dataset,
+                  image_size=image_size, eval_seconds=time.perf_counter() - start_eval)
+    writer.write_scalars(result["step"], {f"test/{k}": v for k, v in result.items()
+                                          if k in ("map", "accuracy")})
+    writer.close()
+    if jax.process_index() == 0:
+        (workdir / "finetune.json").write_text(json.dumps(
+            {**result, "config": config.to_dict()}, indent=1, default=str))
+        (workdir / "finetune.md").write_text(markdown(result))
+        print(markdown(result), flush=True)
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    what = result["checkpoint"] or "random init"
+    lines = [f"Fine-tuning {what} on {result['dataset']} ({result['step']} steps, "
+             f"{result['image_size']} px, 10-crop test on {result['test_examples']} images)",
+             ""]
+    if "map" in result:
+        lines += [f"mAP {100 * result['map']:.1f}", "", "| class | AP |", "|---|---|"]
+        lines += [f"| {k} | {100 * v:.1f} |" for k, v in result["per_class_ap"].items()]
+    else:
+        lines += [f"top-1 accuracy {100 * result['accuracy']:.1f}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file(
+        "config", None, "Fine-tuning config (configs/finetune.py).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,99 @@
+"""Fine-tuning: test-time crops, the optimizer split, learning, VOC through
+TFDS mock data, exact resume."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mtssl import finetune
+from test_linear_probe import write_toy_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def finetune_config(**overrides):
+    spec = importlib.util.spec_from_file_location(
+        "finetune_config", os.path.join(ROOT, "configs/finetune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("photos")
+    c.model.width = 0.125
+    c.image_size, c.batch_size, c.num_threads = 64, 8, 2
+    c.log_every, c.save_every = 1, 2
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def test_ten_crops_are_corners_centre_and_mirrors():
+    image = np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3)
+    crops = finetune.ten_crops(image, size=8, scale=1.5)     # 12 px: no resize
+    assert crops.shape == (10, 8, 8, 3)
+    np.testing.assert_array_equal(crops[0], image[:8, :8])
+    np.testing.assert_array_equal(crops[3], image[4:, 4:])
+    np.testing.assert_array_equal(crops[4], image[2:10, 2:10])
+    np.testing.assert_array_equal(crops[5:], crops[:5, :, ::-1])
+    whole = finetune.ten_crops(image, size=8, scale=1.0)     # resized to the crop
+    np.testing.assert_array_equal(whole[:5], np.broadcast_to(whole[0], (5, 8, 8, 3)))
+    assert not np.array_equal(whole[0], crops[0])
+
+
+def test_new_classifier_learns_at_its_multiple_of_the_rate():
+    config = finetune_config(weight_decay=0.0, momentum=0.0, learning_rate=0.1,
+                             classifier_lr_multiplier=10.0, grad_clip=1e9)
+    tx = finetune.make_optimizer(config)
+    params = {"encoder": {"w": jnp.zeros(3)}, "classifier": {"w": jnp.zeros(2)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["encoder"]["w"], -0.1, rtol=1e-6)
+    np.testing.assert_allclose(updates["classifier"]["w"], -1.0, rtol=1e-6)
+
+
+def test_fine_tuning_learns_a_separable_folder(tmp_path):
+    write_toy_folder(tmp_path / "toy", n_per_class=16)
+    config = finetune_config(dataset=f"imagefolder:{tmp_path / 'toy'}", num_steps=40,
+                             lr_decay_every=1000, log_every=10, save_every=40,
+                             learning_rate=0.01)
+    result = finetune.run(config, str(tmp_path / "out"))
+    assert result["accuracy"] >= 0.9 and result["step"] == 40
+    losses = [json.loads(line)["loss"] for line in
+              (tmp_path / "out" / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert losses[-1] < 0.5 * losses[0]
+    saved = json.loads((tmp_path / "out" / "finetune.json").read_text())
+    assert saved["accuracy"] == result["accuracy"] and saved["checkpoint"] == ""
+
+
+def test_voc2007_multilabel_through_mock_data(tmp_path):
+    config = finetune_config(dataset="tfds:voc/2007", train_split="train+validation",
+                             test_split="test", num_steps=2, max_test_examples=6,
+                             batch_size=4)
+    with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+        result = finetune.run(config, str(tmp_path))
+    assert len(result["per_class_ap"]) == 20 and "aeroplane" in result["per_class_ap"]
+    assert 0.0 <= result["map"] <= 1.0 and result["test_examples"] == 6
+    assert "mAP" in (tmp_path / "finetune.md").read_text()
+
+
+def test_interrupted_fine_tuning_resumes_exactly(tmp_path):
+    write_toy_folder(tmp_path / "toy", n_per_class=8)
+    common = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "max_test_examples": 4}
+    finetune.run(finetune_config(num_steps=2, **common), str(tmp_path / "resumed"))
+    resumed = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "resumed"))
+    straight = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "straight"))
+
+    def losses(name):
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, rows) if "loss" in r}
+    assert losses("resumed") == losses("straight") and len(losses("straight")) == 4
+    assert resumed["accuracy"] == straight["accuracy"]
+
+
+def test_unknown_dataset_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="imagefolder:<path>"):
+        finetune.run(finetune_config(dataset="cifar"), str(tmp_path))
