@@ -1,20 +1,34 @@
-"""Benchmark: training steps per second of the pretraining network.
+"""Benchmark: the training step and the data path of the pretraining network.
 
     python experiments/bench_train.py                     # paper + runlocal, 96 and 227 px
     python experiments/bench_train.py --configs configs/pretrain.py --resolutions 227 --batch 16
+    python experiments/bench_train.py --dtype bfloat16    # mixed precision (accelerators)
 
-Each (config, resolution) runs in a fresh subprocess (so peak memory is its
-own) and times the compiled train step alone on a fixed device-resident
-batch: one D update and one G update on `batch` synthetic + `batch` real
-images. `images_per_s` is batch / step time, i.e. synthetic images (each
-paired with one real image) per second. Prints a line per row and writes a
-JSON list of rows with `config`, `resolution`, `batch`, `images_per_s`,
-`steps_per_s`, `compile_s`, `peak_rss_mb` and the machine.
+Step rows (`kind: "step"`): each (config, resolution) runs in a fresh
+subprocess (so peak memory is its own) and times the compiled train step
+alone on a fixed device-resident batch: one D update and one G update on
+`batch` synthetic + `batch` real images. `images_per_s` is batch / step
+time (synthetic images, each paired with one real image, per second);
+`flops_per_step` counts the step's convolutions and matrix products
+analytically (`mtssl.flops`), `achieved_gflops` = flops x steps/s, and `mfu`
+divides that by `matmul_peak_gflops`, measured here (best float32 matrix
+product of a few sizes, in the same process).
+
+Pipeline rows (`kind: "pipeline"`, `--pipeline_steps` > 0): each config at
+its own resolution and batch runs the real training loop's data path (grain
+iterator over the scene engine and the real images, as `mtssl.train`) and
+step for that many steps; `input_wait_share` is the share of wall time spent
+waiting for the next batch, `renderer_images_per_s` the scene engine alone
+at the config's render settings.
+
+Prints a line per row and writes a JSON list of rows with at least `config`,
+`resolution`, `batch`, `images_per_s`, `peak_rss_mb` and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -22,10 +36,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from _common import load_config, machine, peak_rss_mb, write_rows
 
-from mtssl import steps
+from mtssl import steps, train
+from mtssl.flops import count_flops
+from mtssl.mesh import data_mesh, local_to_global
 
 
 def fake_batch(batch: int, size: int) -> dict:
@@ -40,12 +57,30 @@ def fake_batch(batch: int, size: int) -> dict:
         "real": {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32)}})
 
 
-def bench_one(config_spec: str, resolution: int, batch: int, repeats: int) -> dict:
+def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
+    """Best float32 matrix-product rate of this device, GFLOP/s."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.ones((n, n), jnp.float32)
+        f = jax.jit(lambda a: a @ a)
+        f(a).block_until_ready()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            f(a).block_until_ready()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
+              dtype: str) -> dict:
     config = load_config(config_spec)
+    config.model.dtype = dtype
     static, init = steps.create(config, resolution, jax.random.key(0))
     state = jax.jit(init)(jax.random.key(0))
-    step = jax.jit(lambda s, b: steps.train_step(s, b, static=static), donate_argnums=0)
+    train_step = functools.partial(steps.train_step, static=static)
+    step = jax.jit(train_step, donate_argnums=0)
     data = fake_batch(batch, resolution)
+    flops = count_flops(train_step, jax.eval_shape(init, jax.random.key(0)), data)
     start = time.perf_counter()
     state, metrics = step(state, data)
     jax.block_until_ready(metrics)
@@ -57,10 +92,58 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int) -> di
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"config": config_spec, "resolution": resolution, "batch": batch,
+    peak = matmul_peak_gflops()
+    return {"kind": "step", "config": config_spec, "dtype": dtype,
+            "resolution": resolution, "batch": batch,
             "images_per_s": batch / median, "steps_per_s": 1 / median,
             "best_images_per_s": batch / min(times), "compile_s": compile_s,
+            "flops_per_step": flops, "achieved_gflops": flops / median / 1e9,
+            "matmul_peak_gflops": peak, "mfu": flops / median / 1e9 / peak,
             "peak_rss_mb": peak_rss_mb(), "repeats": repeats}
+
+
+def bench_pipeline(config_spec: str, n_steps: int) -> dict:
+    """The training loop's data path + step, as `mtssl.train` runs them."""
+    config = load_config(config_spec)
+    synthetic, real = train.make_sources(config)
+    render_start = time.perf_counter()
+    if hasattr(synthetic, "render_batch"):
+        synthetic.render_batch(np.arange(config.batch_size))            # compile
+        render_start = time.perf_counter()
+        synthetic.render_batch(np.arange(config.batch_size) + config.batch_size)
+    render_s = time.perf_counter() - render_start
+    data_iter = train.data_iterator(config, synthetic, real)
+    static, init = steps.create(config, config.image_size, jax.random.key(0))
+    mesh = data_mesh()
+    step, state_sharding, data_sharding = steps.compile_step(
+        static, mesh, jax.eval_shape(init, jax.random.key(0)))
+    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
+    for _ in range(2):                       # compile; fill the prefetch buffer
+        state, metrics = step(state, local_to_global(next(data_iter), data_sharding))
+    jax.block_until_ready(metrics)
+    wait, start = 0.0, time.perf_counter()
+    for _ in range(n_steps):
+        t0 = time.perf_counter()
+        batch = next(data_iter)
+        wait += time.perf_counter() - t0
+        state, metrics = step(state, local_to_global(batch, data_sharding))
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - start
+    return {"kind": "pipeline", "config": config_spec, "resolution": config.image_size,
+            "batch": config.batch_size, "steps": n_steps,
+            "images_per_s": n_steps * config.batch_size / elapsed,
+            "input_wait_share": wait / elapsed,
+            "renderer_images_per_s": config.batch_size / render_s if render_s else None,
+            "render_resolution": config.synthetic.render.resolution,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def _subprocess_row(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -70,13 +153,20 @@ def main():
     parser.add_argument("--resolutions", type=int, nargs="+", default=[96, 227])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--pipeline_steps", type=int, default=0,
+                        help="> 0: also time the data path + step of each config")
     parser.add_argument("--out", default="experiments/results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "RESOLUTION"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--one_pipeline", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(bench_one(args.one[0], int(args.one[1]), args.batch,
-                                   args.repeats)))
+                                   args.repeats, args.dtype)))
+        return
+    if args.one_pipeline:
+        print(json.dumps(bench_pipeline(args.one_pipeline, args.pipeline_steps)))
         return
 
     info = machine()
@@ -84,16 +174,25 @@ def main():
     rows = []
     for config in args.configs:
         for res in args.resolutions:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--one", config, str(res), "--batch",
-                 str(args.batch), "--repeats", str(args.repeats)],
-                capture_output=True, text=True, check=True)
-            row = json.loads(proc.stdout.strip().splitlines()[-1]) | {"machine": info}
-            rows.append(row)
-            print(f"{config:>30s} {res:4d} px batch {args.batch}+{args.batch}: "
-                  f"{row['images_per_s']:7.1f} img/s ({row['steps_per_s']:.2f} steps/s), "
+            row = _subprocess_row(["--one", config, str(res), "--batch", str(args.batch),
+                                   "--repeats", str(args.repeats), "--dtype", args.dtype])
+            rows.append(row | {"machine": info})
+            print(f"{config:>30s} {res:4d} px batch {args.batch}+{args.batch} "
+                  f"{args.dtype}: {row['images_per_s']:7.1f} img/s "
+                  f"({row['steps_per_s']:.2f} steps/s), "
+                  f"{row['flops_per_step'] / 1e9:.0f} GFLOP/step, "
+                  f"{row['achieved_gflops']:.0f} GFLOP/s = {100 * row['mfu']:.0f}% of "
+                  f"matmul peak {row['matmul_peak_gflops']:.0f}, "
                   f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
                   flush=True)
+        if args.pipeline_steps > 0:
+            row = _subprocess_row(["--one_pipeline", config,
+                                   "--pipeline_steps", str(args.pipeline_steps)])
+            rows.append(row | {"machine": info})
+            print(f"{config:>30s} {row['resolution']:4d} px batch {row['batch']} "
+                  f"pipeline: {row['images_per_s']:7.1f} img/s end to end, input wait "
+                  f"{100 * row['input_wait_share']:.1f}%, renderer "
+                  f"{row['renderer_images_per_s'] or 0:.0f} img/s", flush=True)
     write_rows(rows, args.out)
 
 

@@ -38,6 +38,7 @@ from mtssl.models.layers import NORMS
 SYNTHETIC_SOURCES = ("render", "folder:<path>")
 REAL_SOURCES = ("package", "imagefolder:<path>", "tfds:<name>", "target")
 REAL_CROPS = ("auto",) + real_data.CROPS
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -83,6 +84,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.head_channels = 64
     c.model.disc_width = 1.0      # channel multiplier of the discriminator (512)
     c.model.adapt_layer = "conv5"
+    c.model.dtype = "float32"     # compute dtype: float32 | bfloat16 (mixed precision:
+                                  # params, BN statistics, losses stay float32)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.depth_variant = "reference"
@@ -169,6 +172,7 @@ def validate(config: ml_collections.ConfigDict,
     m = config.model
     _choice("model.encoder", m.encoder, ENCODERS)
     _choice("model.norm", m.norm, NORMS)
+    _choice("model.dtype", m.dtype, COMPUTE_DTYPES)
     tasks = tasks_of(config)
     if not tasks or len(set(tasks)) != len(tasks) or any(t not in TASKS for t in tasks):
         raise ValueError(f"model.tasks={tasks!r} must be a non-empty subset of "

@@ -44,6 +44,7 @@ from mtssl.data.pipeline import normalize_images
 from mtssl.data.scenes import TARGET_APPEARANCE
 from mtssl.data.synthetic import from_config as synthetic_from_config
 from mtssl.dense_metrics import DenseMetrics
+from mtssl.mesh import batch_sharding, data_mesh, replicated, same_to_global
 from mtssl.pretrained import load_run
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -116,7 +117,8 @@ def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images
                    batch_size: int, sharding, median_scaling: bool = False) -> dict[str, float]:
     """Dense metrics of `predict(state, images)` on the first `num_images`
     (or, for folders, the last) records of `source`, in batches of
-    `batch_size` (the last batch padded, so one program serves all)."""
+    `batch_size` (the last batch padded, so one program serves all). Every
+    process reads the same batches; `predict` must return replicated arrays."""
     n = min(num_images, len(source))
     first = len(source) - n if isinstance(source, SyntheticFolder) else 0
     metrics = DenseMetrics(tasks, median_scaling=median_scaling)
@@ -124,7 +126,7 @@ def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images
         idx = np.arange(first + start, first + min(start + batch_size, n))
         padded = np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
         batch = synthetic_batch(source, padded, image_size)
-        images = jax.device_put(normalize_images(batch["image"]), sharding)
+        images = same_to_global(normalize_images(batch["image"]), sharding)
         preds = jax.device_get(predict(state, images))
         metrics.update({k: v[:len(idx)] for k, v in preds.items()},
                        {k: v[:len(idx)] for k, v in batch.items()})
@@ -148,14 +150,13 @@ def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = Non
                         batch_size: int = 16, nyu: bool | None = None) -> dict[str, float]:
     """Restores a run's checkpoint and evaluates it on its `eval_sets`."""
     config, static, state, step = load_run(workdir, step)
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = data_mesh()
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
-    predict = jax.jit(lambda s, x: steps.predict(s, x, static=static))
+    predict = jax.jit(lambda s, x: steps.predict(s, x, static=static),
+                      out_shardings=replicated(mesh))
     result = evaluate_sets(predict, state, eval_sets(config, nyu),
                            image_size=config.image_size, num_images=num_images,
-                           batch_size=batch_size,
-                           sharding=jax.NamedSharding(mesh, jax.P("data")))
+                           batch_size=batch_size, sharding=batch_sharding(mesh))
     return {"step": step, "num_images": num_images, **result}
 
 

@@ -57,6 +57,7 @@ from mtssl.config import defaults as pretrain_defaults
 from mtssl.data import real
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
+from mtssl.mesh import batch_sharding, data_mesh, local_to_global, replicated, same_to_global
 from mtssl.metric_writers import MetricWriter
 from mtssl.pretrained import load_encoder, random_encoder
 from mtssl.train import check_finite, mean_metrics
@@ -226,7 +227,7 @@ def evaluate(predict, state, source, config, image_size: int, sharding) -> dict[
         pad = (batch - count) * NUM_TEST_CROPS          # one compiled shape
         if pad:
             images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-        x = jax.device_put(normalize_images(images), sharding)
+        x = same_to_global(normalize_images(images), sharding)
         scores.append(np.asarray(jax.device_get(predict(state, x)))[:count])
         labels.extend(p["label"] for p in pending)
         pending.clear()
@@ -270,15 +271,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise ValueError(f"{config.dataset} ({name}) cannot give uncropped examples")
     num_classes, multilabel = len(train_source.class_names), train_source.multilabel
 
-    mesh = jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    data_sharding = jax.NamedSharding(mesh, jax.P("data"))
-    replicated = jax.NamedSharding(mesh, jax.P())
+    mesh = data_mesh()
+    data_sharding, everywhere = batch_sharding(mesh), replicated(mesh)
     static, initial = create(config, encoder, num_classes, multilabel, image_size)
-    state_sharding = jax.tree.map(lambda _: replicated, initial)
+    state_sharding = jax.tree.map(lambda _: everywhere, initial)
     step_fn = jax.jit(lambda s, b: train_step(s, b, static=static),
                       in_shardings=(state_sharding, data_sharding),
-                      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    predict = jax.jit(lambda s, x: predict_probabilities(s, x, static=static))
+                      out_shardings=(state_sharding, everywhere), donate_argnums=(0,))
+    predict = jax.jit(lambda s, x: predict_probabilities(s, x, static=static),
+                      out_shardings=everywhere)
 
     local_batch = config.batch_size // jax.process_count()
     data_iter = iter(train_dataset(train_source, config, image_size, local_batch)
@@ -303,9 +304,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         for step in range(start + 1, config.num_steps + 1):
             batch = next(data_iter)
-            batch = {"image": normalize_images(batch["image"]), "label": batch["label"]}
-            batch = jax.tree.map(
-                lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch)
+            batch = local_to_global({"image": normalize_images(batch["image"]),
+                                     "label": batch["label"]}, data_sharding)
             state, metrics = step_fn(state, batch)
             history.append(metrics)
             final = step == config.num_steps
@@ -326,7 +326,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     finally:
         checkpoints.close()
     start_eval = time.perf_counter()
-    result = evaluate(predict, state, test_source, config, image_size, replicated)
+    result = evaluate(predict, state, test_source, config, image_size, data_sharding)
     result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
                   checkpoint_step=encoder.step, dataset=config.dataset,
                   image_size=image_size, eval_seconds=time.perf_counter() - start_eval)

@@ -49,6 +49,7 @@ from mtssl.classification import (
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
+from mtssl.mesh import batch_sharding, data_mesh, same_to_global
 from mtssl.pretrained import Encoder, encoder_forward, load_encoder, random_encoder
 
 
@@ -124,7 +125,7 @@ class FeatureSet:
             pad = self.batch_size - len(idx)       # fixed shapes: one compile
             if pad:
                 images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-            x = jax.device_put(normalize_images(images), self.sharding)
+            x = same_to_global(normalize_images(images), self.sharding)
             feats = jax.device_get(self.feature_fn(self.params, self.stats, x))
             item = ({k: v[:len(idx)] for k, v in feats.items()}, labels)
             if self.cache:
@@ -243,9 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     multilabel = train_source.multilabel
     num_classes = len(train_source.class_names)
 
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    sharding = jax.NamedSharding(mesh, jax.P("data"))
+    sharding = batch_sharding(data_mesh())
     feature_fn, dims = make_feature_fn(encoder, layers, config.feature_dims, image_size)
     train_idx, val_idx = _split_indices(len(train_source), config.val_fraction,
                                         config.max_train_examples, config.seed)

@@ -20,6 +20,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -28,6 +29,7 @@ from flax import nnx
 from mtssl import checkpointing, steps
 from mtssl.config import defaults
 from mtssl.data.pipeline import normalize_images
+from mtssl.mesh import data_mesh, replicated
 from mtssl.models import encoder_taps
 
 
@@ -66,7 +68,8 @@ def encoder_forward(graphdef, params, stats, images: jax.Array,
     """Inference-mode taps of an encoder given as (graphdef, params, stats)."""
     encoder = nnx.merge(graphdef, params, stats, copy=True)
     encoder.eval()
-    return encoder(images, upto=upto)
+    taps = encoder(images, upto=upto)
+    return {k: v.astype(jnp.float32) for k, v in taps.items()}   # bf16 models too
 
 
 def _encoder_parts(config, static, state, step: int | None) -> Encoder:
@@ -87,7 +90,8 @@ def _checkpoint_root(path: epath.Path) -> tuple[epath.Path, int | None]:
 def load_run(path: str | epath.Path, step: int | None = None):
     """(config, steps.Static, TrainState, step) of a checkpoint: `path` as in
     `load_encoder`; `step` overrides the one the path names (default: the
-    latest)."""
+    latest). The state is replicated over this process's devices, so runs
+    saved on other hardware (a pod, several processes) load anywhere."""
     root, named = _checkpoint_root(epath.Path(path))
     with checkpointing.RunCheckpoints(root) as ckpt:
         step = step if step is not None else (
@@ -96,7 +100,11 @@ def load_run(path: str | epath.Path, step: int | None = None):
             raise FileNotFoundError(f"no checkpoint found in {path}")
         config = ckpt.config(step)
         static, init = steps.create(config, config.image_size, jax.random.key(0))
-        state = ckpt.restore(jax.eval_shape(init, jax.random.key(0)), step=step)
+        # Onto this machine's devices, whatever the devices it was saved from.
+        abstract = jax.eval_shape(init, jax.random.key(0))
+        everywhere = jax.tree.map(lambda _: replicated(data_mesh()), abstract)
+        state = ckpt.restore(checkpointing.abstract_with_sharding(abstract, everywhere),
+                             step=step)
     return config, static, state, step
 
 

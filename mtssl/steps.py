@@ -32,7 +32,7 @@ from flax import nnx
 
 from mtssl import losses
 from mtssl.config import tasks_of
-from mtssl.models import MultiTaskNet, PatchDiscriminator, encoder_taps
+from mtssl.models import MultiTaskNet, PatchDiscriminator, encoder_taps, set_compute_dtype
 
 
 @flax.struct.dataclass
@@ -141,6 +141,7 @@ def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
     if adapt not in taps:
         raise ValueError(f"unknown adapt_layer {adapt!r}; valid: {', '.join(taps)}")
     tasks = tasks_of(config)
+    compute_dtype = jnp.dtype(m.get("dtype", "float32"))
 
     def build(key):
         k_g, k_d = jax.random.split(key)
@@ -148,6 +149,9 @@ def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
                            head_channels=m.head_channels, rngs=nnx.Rngs(k_g))
         disc = PatchDiscriminator(net.encoder.channels[adapt], width=m.disc_width,
                                   norm=m.norm, rngs=nnx.Rngs(k_d))
+        if compute_dtype != jnp.float32:
+            set_compute_dtype(net, compute_dtype)
+            set_compute_dtype(disc, compute_dtype)
         return net, disc
 
     abstract_net, abstract_disc = nnx.eval_shape(lambda: build(key))

@@ -42,6 +42,7 @@ from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import make_train_dataset, normalize_images
 from mtssl.data.synthetic import from_config as synthetic_from_config
 from mtssl.evaluate import eval_sets, evaluate_sets, synthetic_batch, target_source
+from mtssl.mesh import data_mesh, local_to_global, replicated, same_to_global
 from mtssl.metric_writers import MetricWriter
 
 
@@ -167,28 +168,32 @@ def num_train_steps(config, synthetic_len: int) -> tuple[int, int]:
     return max(1, math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
 
 
+def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
+    """This process's checkpointable iterator over training batches."""
+    dataset = make_train_dataset(
+        synthetic, real, batch_size=config.batch_size // jax.process_count(),
+        image_size=config.image_size, seed=config.seed, grayscale=config.data.grayscale)
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(
+        num_threads=1, prefetch_buffer_size=config.data.prefetch)))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) and returns the last logged metrics."""
     validate(config, jax.device_count())
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = data_mesh()
     synthetic, real = make_sources(config)
     total_steps, steps_per_epoch = num_train_steps(config, len(synthetic))
-    local_batch = config.batch_size // jax.process_count()
-    dataset = make_train_dataset(
-        synthetic, real, batch_size=local_batch, image_size=config.image_size,
-        seed=config.seed, grayscale=config.data.grayscale)
-    data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=1, prefetch_buffer_size=config.data.prefetch)))
+    data_iter = data_iterator(config, synthetic, real)
 
     key = jax.random.key(config.seed)
     static, init = steps.create(config, config.image_size, key, steps_per_epoch)
     abstract = jax.eval_shape(init, key)
     train_step, state_sharding, data_sharding = steps.compile_step(static, mesh, abstract)
-    predict = jax.jit(lambda s, x: steps.predict(s, x, static=static))
+    predict = jax.jit(lambda s, x: steps.predict(s, x, static=static),
+                      out_shardings=replicated(mesh))
 
     checkpoints = checkpointing.RunCheckpoints(workdir / "checkpoints",
                                                keep=config.checkpoint.keep)
@@ -211,10 +216,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("%d steps (%d per epoch), batch %d + %d on %d device(s)", total_steps,
                  steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
 
-    def to_global(batch):
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch)
-
     history, last = [], {}
     window_start, window_steps = time.perf_counter(), 0
     wait_s = 0.0
@@ -223,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t0 = time.perf_counter()
             batch = next(data_iter)
             wait_s += time.perf_counter() - t0
-            state, metrics = train_step(state, to_global(batch))
+            state, metrics = train_step(state, local_to_global(batch, data_sharding))
             history.append(metrics)
             window_steps += 1
 
@@ -277,9 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _draw_predictions(predict, state, previews, mesh) -> np.ndarray:
-    replicated = jax.NamedSharding(mesh, jax.P())
     preds = {}
     for domain, batch in previews.items():
-        images = jax.device_put(normalize_images(batch["image"]), replicated)
+        images = same_to_global(normalize_images(batch["image"]), replicated(mesh))
         preds[domain] = jax.device_get(predict(state, images))
     return prediction_grid(previews, preds)

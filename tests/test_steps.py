@@ -125,7 +125,7 @@ _SHARDED = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_steps import step_config
     from mtssl import steps
-    assert jax.device_count() == 4
+    assert jax.device_count() == 8
     rng = np.random.default_rng(0)
     n, r = 8, 64
     batch = {"synthetic": {"image": jnp.asarray(rng.normal(size=(n, r, r, 3)), jnp.float32),
@@ -147,20 +147,20 @@ _SHARDED = textwrap.dedent("""
             state, m = step(state, b)
             losses.append(float(m["g_loss"]))
         results.append((losses, jax.device_get(state.g_params)))
-    (l1, p1), (l4, p4) = results
-    np.testing.assert_allclose(l1, l4, rtol=1e-4)
+    (l1, p1), (l8, p8) = results
+    np.testing.assert_allclose(l1, l8, rtol=1e-4)
     # Adam turns a gradient near zero into a step of about lr (1e-3) whose
     # sign rounding decides, so a rare parameter may differ by up to a step;
     # on average they agree to a hundredth of one.
-    diffs = [np.abs(a - b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4))]
+    diffs = [np.abs(a - b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8))]
     assert max(d.max() for d in diffs) <= 3e-3
     assert np.mean(np.concatenate([d.ravel() for d in diffs])) < 1e-5
-    print("OK", l1, l4)
+    print("OK", l1, l8)
 """)
 
 
-def test_one_device_and_four_devices_train_alike(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+def test_one_device_and_eight_devices_train_alike(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env,
@@ -205,3 +205,28 @@ def test_adversarial_gradient_reaches_the_encoder_up_to_the_adapted_layer(batch)
     for layer in ("conv5", "fc6", "fc7"):           # above conv4: no gradient
         assert not _changed(before[layer], after[layer]), layer
     assert not _changed(state0.g_params["heads"], state1.g_params["heads"])
+
+
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(batch):
+    f32_state, f32 = run(step_config(), batch, 2)
+    bf16_state, bf16 = run(step_config(**{"model.dtype": "bfloat16"}), batch, 2)
+    for tree in (bf16_state.g_params, bf16_state.g_stats, bf16_state.d_params,
+                 bf16_state.g_opt, bf16_state.pool_synthetic.features):
+        assert {x.dtype for x in jax.tree.leaves(tree)
+                if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    for key in ("loss/depth", "loss/normals", "loss/contours", "loss/adversarial"):
+        assert bf16[0][key].dtype == np.float32
+        assert bf16[0][key] == pytest.approx(f32[0][key], rel=2e-2), key
+        assert bf16[1][key] == pytest.approx(f32[1][key], rel=5e-2), key
+    static, init = steps.create(step_config(**{"model.dtype": "bfloat16"}), RES,
+                                jax.random.key(0))
+    hlo = jax.jit(lambda s, b: steps.train_step(s, b, static=static)).lower(
+        jax.eval_shape(init, jax.random.key(0)), batch).as_text()
+    # Every convolution and matrix product of the step (forward and backward,
+    # G and D) computes in bfloat16.
+    products = [line.split("->")[-1] for line in hlo.splitlines()
+                if "stablehlo.convolution" in line or "stablehlo.dot_general" in line]
+    assert len(products) > 40 and all("xbf16>" in out for out in products)
+    with pytest.raises(ValueError, match="bfloat16"):
+        from mtssl.config import validate
+        validate(step_config(**{"model.dtype": "float16"}), 1)

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mtssl.models import alexnet, heads, resnet
 from mtssl.models.discriminator import PatchDiscriminator
 from mtssl.models.heads import TASKS
+from mtssl.models.layers import set_compute_dtype
 
 ENCODERS = ("alexnet", "resnet18", "resnet50")
 
@@ -62,7 +64,9 @@ class MultiTaskNet(nnx.Module):
     def __call__(self, images: jax.Array):
         taps = self.encoder(images)
         size = images.shape[1:3]
-        preds = {t: heads.postprocess(t, self.heads[t](taps[self.encoder.head_input], size))
+        # Predictions (and so the losses) in float32 whatever the compute dtype.
+        preds = {t: heads.postprocess(t, self.heads[t](taps[self.encoder.head_input], size)
+                                      .astype(jnp.float32))
                  for t in self.tasks}
         return taps, preds
 
@@ -74,4 +78,5 @@ __all__ = [
     "PatchDiscriminator",
     "encoder_taps",
     "make_encoder",
+    "set_compute_dtype",
 ]

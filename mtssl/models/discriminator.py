@@ -9,6 +9,7 @@ is fully convolutional, so earlier, larger maps just give more patches.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mtssl.models.layers import make_norm, norm_needs_bias, scaled
@@ -29,4 +30,4 @@ class PatchDiscriminator(nnx.Module):
     def __call__(self, features: jax.Array) -> jax.Array:
         x = nnx.leaky_relu(self.norm1(self.conv1(features)), 0.2)
         x = nnx.leaky_relu(self.norm2(self.conv2(x)), 0.2)
-        return self.conv3(x)[..., 0]
+        return self.conv3(x)[..., 0].astype(jnp.float32)

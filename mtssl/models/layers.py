@@ -24,6 +24,27 @@ def make_norm(kind: str, features: int, *, rngs: nnx.Rngs) -> nnx.Module:
     raise ValueError(f"unknown norm {kind!r}; valid: {NORMS}")
 
 
+def set_compute_dtype(module: nnx.Module, dtype) -> None:
+    """Mixed precision: every layer of `module` computes in `dtype` (e.g.
+    bfloat16) while its parameters and BatchNorm statistics stay float32
+    (Flax layers cast parameters to their `dtype` when called; the BatchNorm
+    statistics are reduced in float32). The change lives in the graph
+    definition, so split/merge and checkpoints keep it."""
+    for _, m in nnx.iter_modules(module):
+        if hasattr(m, "dtype") and hasattr(m, "param_dtype"):
+            m.dtype = dtype
+
+
+def _in_compute_dtype(layer: nnx.Module, x: jax.Array):
+    """(x, kernel, bias) in the layer's compute dtype (default: promoted),
+    for the rewrites below that use a layer's parameters directly."""
+    kernel = layer.kernel[...]
+    bias = None if layer.bias is None else layer.bias[...]
+    dtype = layer.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+    return (x.astype(dtype), kernel.astype(dtype),
+            None if bias is None else bias.astype(dtype))
+
+
 def scaled(channels: int, width: float) -> int:
     """Channel count under a width multiplier (at least 8)."""
     return max(8, int(round(channels * width)))
@@ -78,8 +99,9 @@ def conv_transpose(up: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
     via `conv_transpose_2x`, elsewhere the module's own op."""
     if jax.default_backend() != "cpu":
         return up(x)
-    y = conv_transpose_2x(x, up.kernel[...])
-    return y if up.bias is None else y + up.bias[...]
+    x, kernel, bias = _in_compute_dtype(up, x)
+    y = conv_transpose_2x(x, kernel)
+    return y if bias is None else y + bias
 
 
 def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
@@ -88,8 +110,9 @@ def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     AlexNet's fc7)."""
     if jax.default_backend() != "cpu":
         return conv(x)
-    y = x @ conv.kernel[...][0, 0]
-    return y if conv.bias is None else y + conv.bias[...]
+    x, kernel, bias = _in_compute_dtype(conv, x)
+    y = x @ kernel[0, 0]
+    return y if bias is None else y + bias
 
 
 def dilated_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
@@ -102,9 +125,10 @@ def dilated_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     if jax.default_backend() != "cpu":
         return conv(x)
     dilation = conv.kernel_dilation
-    y = dilated_conv_im2col(x, conv.kernel[...], conv.padding,
+    x, kernel, bias = _in_compute_dtype(conv, x)
+    y = dilated_conv_im2col(x, kernel, conv.padding,
                             dilation if isinstance(dilation, tuple) else (dilation,) * 2)
-    return y if conv.bias is None else y + conv.bias[...]
+    return y if bias is None else y + bias
 
 
 def dilated_conv_im2col(x: jax.Array, kernel: jax.Array, padding, dilation) -> jax.Array:
