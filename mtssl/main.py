@@ -5,7 +5,8 @@
         --config.real.source=tfds:places365_small
 
 Running the same command again resumes from the newest checkpoint in
---workdir. Any config field can be overridden with --config.<field>=<value>.
+--workdir. SIGTERM or SIGINT (preemption, Ctrl-C) saves a checkpoint at the
+next step boundary and exits with status 128 + the signal number. Any config field can be overridden with --config.<field>=<value>.
 
 Several processes (multi-host GPU, TPU pods, or several processes on one
 machine) train one model data-parallel over all their devices: run the same
@@ -14,6 +15,8 @@ address), --num_processes=N and --process_id=i, or with --distributed where
 JAX detects the cluster itself (TPU pods, SLURM, Open MPI). The workdir must
 be a path every process sees (shared file system or GCS).
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -53,7 +56,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     initialize_distributed()
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.Preempted as e:
+        logging.warning("%s", e)
+        print(e, flush=True)
+        sys.exit(128 + e.signum)      # what a shell reports for a signal
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from typing import Any
 
@@ -32,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from etils import epath
 
 from mtssl import checkpointing, steps
@@ -168,6 +171,46 @@ def num_train_steps(config, synthetic_len: int) -> tuple[int, int]:
     return max(1, math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
 
 
+class Preempted(Exception):
+    """The run stopped on a signal after saving checkpoint `step`."""
+
+    def __init__(self, signum: int, step: int | None):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {step} "
+                         "saved; run the same command to resume")
+        self.signum, self.step = signum, step
+
+
+class PreemptionGuard:
+    """SIGTERM / SIGINT (preemption, Ctrl-C) -> save a checkpoint at the next
+    step boundary and stop. In one process through our own handlers; across
+    processes through JAX's preemption sync point, so every process stops at
+    the same step (its own handlers catch the signal)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:     # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning("%s received: saving a checkpoint after this step",
+                        signal.Signals(signum).name)
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = signal.SIGTERM
+        return self.signum is not None
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
     """This process's checkpointable iterator over training batches."""
     dataset = make_train_dataset(
@@ -217,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
 
     history, last = [], {}
+    preemption = PreemptionGuard()
     window_start, window_steps = time.perf_counter(), 0
     wait_s = 0.0
     try:
@@ -229,8 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             window_steps += 1
 
             final = step == total_steps
-            log_now = step % config.log.every_steps == 0 or final
-            save_now = step % config.checkpoint.every_steps == 0 or final
+            stop = preemption.requested(step)
+            log_now = step % config.log.every_steps == 0 or final or stop
+            save_now = step % config.checkpoint.every_steps == 0 or final or stop
             if log_now or save_now:
                 last = mean_metrics(history)
                 history = []
@@ -270,10 +315,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if save_now:
                 checkpoints.save(step, state, data_iter, config)
                 last_good = step
+            if stop:
+                break
         checkpoints.wait()
     finally:
+        preemption.close()
         checkpoints.close()
         writer.close()
+    if preemption.signum is not None:
+        raise Preempted(preemption.signum, last_good)
     return last
 
 

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -44,15 +46,20 @@ def restored_state(workdir, config, step):
         return ckpt.restore(abstract, step=step)
 
 
+def main_command(workdir, overrides) -> list[str]:
+    """`python -m mtssl.main` on the runlocal preset with config overrides."""
+    flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+             for k, v in overrides.items()]
+    return [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
+            f"--workdir={workdir}", *flags]
+
+
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     """Two steps through the real entry point, in a subprocess."""
     workdir = tmp_path_factory.mktemp("run")
-    flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
-             for k, v in TINY.items()]
     proc = subprocess.run(
-        [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
-         f"--workdir={os.path.relpath(workdir, ROOT)}", *flags],     # relative works
+        main_command(os.path.relpath(workdir, ROOT), TINY),     # a relative workdir works
         check=False, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
         text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -188,3 +195,38 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
         assert np.isfinite(last[key]), key
     with pytest.raises(ValueError, match="textures must be a non-empty subset"):
         SceneConfig(textures=("marble",))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    overrides = {**TINY, "num_steps": 500, "log.every_steps": 1, "eval.every_steps": 0,
+                 "log.images_every_steps": 0, "checkpoint.every_steps": 1000}
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(main_command(tmp_path, overrides), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)          # as a scheduler preempting the job
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 3 <= saved[0] < 500      # no periodic one was due
+    step = saved[0]
+    assert f"stopped by SIGTERM; checkpoint {step} saved" in out
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == step
+
+    resumed = subprocess.run(main_command(tmp_path, {**overrides, "num_steps": step + 2}),
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from step {step}" in resumed.stderr
+    # As if nothing had happened: an uninterrupted run logs the same losses.
+    train.train_and_evaluate(tiny_config(**{**overrides, "num_steps": step + 2}),
+                             str(tmp_path / "straight"))
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    straight = [json.loads(x) for x in
+                (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in straight]
+    for r, q in zip(rows, straight):
+        assert (r["g_loss"], r["d_loss"]) == (q["g_loss"], q["d_loss"]), r["step"]
