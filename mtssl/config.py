@@ -54,6 +54,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.source = "render"
     c.synthetic.depth_scale = 0.001     # folder source: metres per depth PNG unit
+    c.synthetic.on_device = False   # render inside the train step (scene engine only;
+                                    # same images as the host pipeline for the same seeds)
     c.synthetic.render = ml_collections.ConfigDict()
     c.synthetic.render.resolution = 256  # renders, randomly cropped to image_size
     c.synthetic.render.seed = 0
@@ -203,6 +205,9 @@ def validate(config: ml_collections.ConfigDict,
         raise ValueError(f"image_size={config.image_size} is larger than the renders "
                          f"(synthetic.render.resolution="
                          f"{config.synthetic.render.resolution})")
+    if config.synthetic.on_device and config.synthetic.source != "render":
+        raise ValueError("synthetic.on_device=True renders with the scene engine; it needs "
+                         f"synthetic.source='render', not {config.synthetic.source!r}")
     if config.da.enabled and config.da.pool_size < 1:
         raise ValueError(f"da.pool_size={config.da.pool_size} must be >= 1")
     for name in ("every_steps",):

@@ -102,6 +102,9 @@ class Static:
     contour_weighting: str
     gan: str
     g_lr: optax.Schedule       # G's learning rate per step (for logging)
+    # On-device rendering: batch["synthetic"] (indices, crops, channel) ->
+    # the synthetic batch (`data.pipeline.render_on_device`, bound); or None.
+    render_synthetic: Any = None
 
 
 def _schedule(lr: float, boundaries, factor: float) -> optax.Schedule:
@@ -207,7 +210,11 @@ def task_losses(preds, batch, static: Static) -> dict[str, jax.Array]:
 
 def train_step(state: TrainState, batch, *, static: Static):
     """One D update then one G update. batch: {"synthetic": {...}, "real": {...}}
-    with float `image`s (N, H, W, 3) already normalised. Returns (state, metrics)."""
+    with float `image`s (N, H, W, 3) already normalised (or, with
+    `static.render_synthetic`, the synthetic part still to be rendered).
+    Returns (state, metrics)."""
+    if static.render_synthetic is not None:
+        batch = {**batch, "synthetic": static.render_synthetic(batch["synthetic"])}
     weights = dict(static.weights)
     key_syn, key_real, next_rng = jax.random.split(state.rng, 3)
 

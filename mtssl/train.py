@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import signal
 import threading
@@ -42,7 +44,7 @@ from mtssl.config import validate
 from mtssl.data import real as real_data
 from mtssl.data import visualize
 from mtssl.data.on_disk import SyntheticFolder
-from mtssl.data.pipeline import make_train_dataset, normalize_images
+from mtssl.data.pipeline import make_train_dataset, normalize_images, render_on_device
 from mtssl.data.synthetic import from_config as synthetic_from_config
 from mtssl.evaluate import eval_sets, evaluate_sets, synthetic_batch, target_source
 from mtssl.mesh import data_mesh, local_to_global, replicated, same_to_global
@@ -215,7 +217,8 @@ def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
     """This process's checkpointable iterator over training batches."""
     dataset = make_train_dataset(
         synthetic, real, batch_size=config.batch_size // jax.process_count(),
-        image_size=config.image_size, seed=config.seed, grayscale=config.data.grayscale)
+        image_size=config.image_size, seed=config.seed, grayscale=config.data.grayscale,
+        on_device=config.synthetic.on_device)
     return iter(dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=1, prefetch_buffer_size=config.data.prefetch)))
 
@@ -233,6 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     key = jax.random.key(config.seed)
     static, init = steps.create(config, config.image_size, key, steps_per_epoch)
+    if config.synthetic.on_device:
+        static = dataclasses.replace(static, render_synthetic=functools.partial(
+            render_on_device, source=synthetic, image_size=config.image_size))
     abstract = jax.eval_shape(init, key)
     train_step, state_sharding, data_sharding = steps.compile_step(static, mesh, abstract)
     predict = jax.jit(lambda s, x: steps.predict(s, x, static=static),

@@ -69,3 +69,23 @@ def test_dataset_is_deterministic_and_resumes(dataset):
     np.testing.assert_array_equal(got["synthetic"]["depth"], expected["synthetic"]["depth"])
     np.testing.assert_array_equal(got["real"]["image"], expected["real"]["image"])
     assert isinstance(dataset, grain.MapDataset)
+
+
+def test_on_device_rendering_gives_the_host_pipelines_batches(source):
+    """Same seeds -> bit-identical images (and maps) rendered inside jit."""
+    import functools
+
+    import jax
+
+    from mtssl.data.pipeline import render_on_device
+    for grayscale in (True, False):
+        kwargs = dict(batch_size=4, image_size=56, seed=3, grayscale=grayscale)
+        host = pipeline.make_train_dataset(source, None, **kwargs)
+        device = pipeline.make_train_dataset(source, None, on_device=True, **kwargs)
+        render = jax.jit(functools.partial(render_on_device, source=source, image_size=56))
+        for i in (0, 5):
+            expected = host[i]["synthetic"]
+            got = jax.device_get(render(device[i]["synthetic"]))
+            assert set(device[i]["synthetic"]) == {"index", "crop", "channel"}
+            for key in ("image", "depth", "normals", "contours"):
+                np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

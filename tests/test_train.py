@@ -230,3 +230,18 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
     assert [r["step"] for r in rows] == [r["step"] for r in straight]
     for r, q in zip(rows, straight):
         assert (r["g_loss"], r["d_loss"]) == (q["g_loss"], q["d_loss"]), r["step"]
+
+
+def test_on_device_rendering_trains_like_the_host_pipeline(main_run, tmp_path):
+    workdir, _ = main_run
+    host = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+    last = train.train_and_evaluate(
+        tiny_config(**{"synthetic.on_device": True, "log.images_every_steps": 0,
+                       "eval.every_steps": 0}), str(tmp_path))
+    assert host["step"] == 2
+    for key in ("g_loss", "loss/depth", "loss/normals", "loss/contours", "d_loss"):
+        assert last[key] == pytest.approx(host[key], rel=1e-5), key
+    with pytest.raises(ValueError, match="synthetic.source='render'"):
+        train.train_and_evaluate(tiny_config(**{"synthetic.on_device": True,
+                                                "synthetic.source": "folder:/x"}),
+                                 str(tmp_path / "bad"))

@@ -20,36 +20,59 @@ import dataclasses
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from mtssl.data.synthetic import RenderBatch, SyntheticScenes
+from mtssl.data.synthetic import RenderBatch, SyntheticScenes, render_indices
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+# Normalised value of each uint8 level per channel, float32 (x / 255 - mean),
+# read by table lookup on the host and on device alike, so both give the
+# same bits (XLA may fuse the arithmetic into other roundings).
+NORMALIZED_LEVELS = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
+                     - IMAGENET_MEAN[:, None]).astype(np.float32)      # (3, 256)
 
 
 def normalize_images(images: np.ndarray, channel: int | None = None) -> np.ndarray:
     """uint8 (..., 3) -> float32 /255 minus the ImageNet mean; with `channel`,
     that channel replaces all three first (the grayscale trick)."""
-    x = images.astype(np.float32) / 255.0
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"normalize_images takes uint8 images, got {images.dtype}")
     if channel is not None:
-        x = np.repeat(x[..., channel:channel + 1], 3, axis=-1)
-    return x - IMAGENET_MEAN
+        images = np.repeat(images[..., channel:channel + 1], 3, axis=-1)
+    return NORMALIZED_LEVELS[np.arange(3), images]
+
+
+def _crop_offsets(rng: np.random.Generator, n: int, h: int, w: int, size: int):
+    """(tops, lefts) of one random `size` crop per sample; no draws when the
+    samples are already `size` (the host and device paths draw alike)."""
+    if (h, w) == (size, size):
+        return np.zeros(n, np.int32), np.zeros(n, np.int32)
+    if h < size or w < size:
+        raise ValueError(f"crop {size} is larger than the {h}x{w} samples")
+    return rng.integers(0, h - size + 1, n), rng.integers(0, w - size + 1, n)
 
 
 @dataclasses.dataclass(frozen=True)
 class CropSynthetic(grain.transforms.RandomMap):
-    """One random `size` crop per sample, shared by image and all its maps."""
+    """One random `size` crop per sample, shared by image and all its maps.
+    With on-device rendering (the batch holds record indices, not renders) it
+    draws the same crops and passes them on as `crop` (B, 2) offsets."""
 
     size: int
+    resolution: int | None = None      # of the renders, when only indices are here
 
     def random_map(self, batch, rng: np.random.Generator):
+        if "index" in batch:
+            n = len(batch["index"])
+            tops, lefts = _crop_offsets(rng, n, self.resolution, self.resolution, self.size)
+            return {"index": batch["index"],
+                    "crop": np.stack([tops, lefts], -1).astype(np.int32)}
         n, h, w = batch["image"].shape[:3]
         if (h, w) == (self.size, self.size):
             return batch
-        if h < self.size or w < self.size:
-            raise ValueError(f"crop {self.size} is larger than the {h}x{w} samples")
-        tops = rng.integers(0, h - self.size + 1, n)
-        lefts = rng.integers(0, w - self.size + 1, n)
+        tops, lefts = _crop_offsets(rng, n, h, w, self.size)
         out = {}
         for key in ("image", "depth", "normals", "contours"):
             out[key] = np.stack([batch[key][i, t:t + self.size, l:l + self.size]
@@ -66,10 +89,14 @@ class Preprocess(grain.transforms.RandomMap):
     def random_map(self, pair, rng: np.random.Generator):
         syn, real = pair if isinstance(pair, tuple) else (pair, None)
         channel = int(rng.integers(0, 3)) if self.grayscale else None
-        out = {"synthetic": {"image": normalize_images(syn["image"], channel),
-                             "depth": syn["depth"].astype(np.float32),
-                             "normals": syn["normals"].astype(np.float32),
-                             "contours": syn["contours"].astype(bool)}}
+        if "index" in syn:             # rendered on device (`render_on_device`)
+            out = {"synthetic": {**syn, "channel": np.full(
+                len(syn["index"]), -1 if channel is None else channel, np.int32)}}
+        else:
+            out = {"synthetic": {"image": normalize_images(syn["image"], channel),
+                                 "depth": syn["depth"].astype(np.float32),
+                                 "normals": syn["normals"].astype(np.float32),
+                                 "contours": syn["contours"].astype(bool)}}
         if real is not None:
             out["real"] = {"image": normalize_images(real["image"], channel)}
         return out
@@ -81,11 +108,47 @@ def _shuffled_indices(n: int, seed: int) -> grain.MapDataset:
     return ds.shuffle(seed=seed).repeat()
 
 
-def _batches(source, batch_size: int, seed: int) -> grain.MapDataset:
+def _batches(source, batch_size: int, seed: int, on_device: bool = False) -> grain.MapDataset:
     indices = _shuffled_indices(len(source), seed).batch(batch_size, drop_remainder=True)
     if isinstance(source, SyntheticScenes):
+        if on_device:
+            return indices.map(_RecordIndices(source.num_records))
         return indices.map(RenderBatch(source))     # one render call per batch
     return indices.map(_GatherBatch(source))
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordIndices(grain.transforms.Map):
+    """A batch of indices -> the record indices `render_batch` would render."""
+
+    num_records: int
+
+    def map(self, indices):
+        index = np.asarray(indices, np.int64) % self.num_records
+        return {"index": index.astype(np.uint32)}
+
+
+def render_on_device(synthetic: dict[str, jax.Array], *, source: SyntheticScenes,
+                     image_size: int) -> dict[str, jax.Array]:
+    """Inside a jitted step: {"index", "crop", "channel"} from the on-device
+    pipeline -> the synthetic batch the host pipeline makes for the same seeds
+    (same renders, crops, grayscale channel and normalisation)."""
+    out = render_indices(np.uint32(source.seed), synthetic["index"],
+                         scene_cfg=source.scene_config, render_cfg=source.render_config)
+
+    def crop(a, offset):
+        start = (offset[0], offset[1]) + (0,) * (a.ndim - 2)
+        return jax.lax.dynamic_slice(a, start, (image_size, image_size) + a.shape[2:])
+    maps = {k: jax.vmap(crop)(out[k], synthetic["crop"])
+            for k in ("image", "depth", "normals", "contours")}
+    levels = maps["image"].astype(jnp.int32)
+    channel = synthetic["channel"][:, None, None, None]
+    gray = jnp.take_along_axis(levels, jnp.maximum(channel, 0), axis=-1)
+    levels = jnp.where(channel >= 0, jnp.broadcast_to(gray, levels.shape), levels)
+    image = jnp.asarray(NORMALIZED_LEVELS)[jnp.arange(3), levels]
+    return {"image": image, "depth": maps["depth"].astype(jnp.float32),
+            "normals": maps["normals"].astype(jnp.float32),
+            "contours": maps["contours"].astype(bool)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +163,18 @@ class _GatherBatch(grain.transforms.Map):
 
 
 def make_train_dataset(synthetic_source, real_source, *, batch_size: int,
-                       image_size: int, seed: int, grayscale: bool) -> grain.MapDataset:
+                       image_size: int, seed: int, grayscale: bool,
+                       on_device: bool = False) -> grain.MapDataset:
     """The zipped, preprocessed, endless training dataset (per-process batch).
-    With `real_source=None` (no domain adaptation) elements have no "real"."""
-    syn = _batches(synthetic_source, batch_size, seed).random_map(
-        CropSynthetic(image_size), seed=seed + 1)
+    With `real_source=None` (no domain adaptation) elements have no "real".
+    With `on_device` (scene engine only) "synthetic" holds record indices,
+    crop offsets and the grayscale channel; `render_on_device` turns them
+    into the batch this function would otherwise have made."""
+    if on_device and not isinstance(synthetic_source, SyntheticScenes):
+        raise ValueError("on-device rendering needs the scene engine (synthetic.source=render)")
+    resolution = synthetic_source.resolution if on_device else None
+    syn = _batches(synthetic_source, batch_size, seed, on_device).random_map(
+        CropSynthetic(image_size, resolution), seed=seed + 1)
     if real_source is not None:
         real = _batches(real_source, batch_size, seed + 2)
         syn = grain.experimental.ZipMapDataset([syn, real])
