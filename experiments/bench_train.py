@@ -15,7 +15,7 @@ divides that by `matmul_peak_gflops`, measured here (best float32 matrix
 product of a few sizes, in the same process).
 
 Pipeline rows (`kind: "pipeline"`, `--pipeline_steps` > 0): each config at
-its own resolution and batch runs the real training loop's data path (grain
+its own resolution (batch `--pipeline_batch`) runs the real training loop's data path (grain
 iterator over the scene engine and the real images, as `mtssl.train`) and
 step for that many steps; `input_wait_share` is the share of wall time spent
 waiting for the next batch, `renderer_images_per_s` the scene engine alone
@@ -102,9 +102,11 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
             "peak_rss_mb": peak_rss_mb(), "repeats": repeats}
 
 
-def bench_pipeline(config_spec: str, n_steps: int) -> dict:
+def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int) -> dict:
     """The training loop's data path + step, as `mtssl.train` runs them."""
     config = load_config(config_spec)
+    config.synthetic.on_device = on_device
+    config.batch_size = batch or config.batch_size
     synthetic, real = train.make_sources(config)
     render_start = time.perf_counter()
     if hasattr(synthetic, "render_batch"):
@@ -114,6 +116,7 @@ def bench_pipeline(config_spec: str, n_steps: int) -> dict:
     render_s = time.perf_counter() - render_start
     data_iter = train.data_iterator(config, synthetic, real)
     static, init = steps.create(config, config.image_size, jax.random.key(0))
+    static = train.with_device_rendering(static, config, synthetic)
     mesh = data_mesh()
     step, state_sharding, data_sharding = steps.compile_step(
         static, mesh, jax.eval_shape(init, jax.random.key(0)))
@@ -129,7 +132,8 @@ def bench_pipeline(config_spec: str, n_steps: int) -> dict:
         state, metrics = step(state, local_to_global(batch, data_sharding))
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - start
-    return {"kind": "pipeline", "config": config_spec, "resolution": config.image_size,
+    return {"kind": "pipeline", "config": config_spec, "on_device": on_device,
+            "resolution": config.image_size,
             "batch": config.batch_size, "steps": n_steps,
             "images_per_s": n_steps * config.batch_size / elapsed,
             "input_wait_share": wait / elapsed,
@@ -156,6 +160,10 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--pipeline_steps", type=int, default=0,
                         help="> 0: also time the data path + step of each config")
+    parser.add_argument("--pipeline_batch", type=int, default=16,
+                        help="batch of the pipeline rows (0: the config's own)")
+    parser.add_argument("--on_device", action="store_true",
+                        help="pipeline rows also with synthetic.on_device=True")
     parser.add_argument("--out", default="experiments/results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "RESOLUTION"),
                         help=argparse.SUPPRESS)
@@ -166,7 +174,8 @@ def main():
                                    args.repeats, args.dtype)))
         return
     if args.one_pipeline:
-        print(json.dumps(bench_pipeline(args.one_pipeline, args.pipeline_steps)))
+        print(json.dumps(bench_pipeline(args.one_pipeline, args.pipeline_steps,
+                                        args.on_device, args.pipeline_batch)))
         return
 
     info = machine()
@@ -185,12 +194,17 @@ def main():
                   f"matmul peak {row['matmul_peak_gflops']:.0f}, "
                   f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
                   flush=True)
-        if args.pipeline_steps > 0:
-            row = _subprocess_row(["--one_pipeline", config,
-                                   "--pipeline_steps", str(args.pipeline_steps)])
+        for on_device in ((False, True) if args.on_device else (False,)):
+            if args.pipeline_steps <= 0:
+                break
+            row = _subprocess_row(["--one_pipeline", config, "--pipeline_steps",
+                                   str(args.pipeline_steps), "--pipeline_batch",
+                                   str(args.pipeline_batch)]
+                                  + (["--on_device"] if on_device else []))
             rows.append(row | {"machine": info})
             print(f"{config:>30s} {row['resolution']:4d} px batch {row['batch']} "
-                  f"pipeline: {row['images_per_s']:7.1f} img/s end to end, input wait "
+                  f"pipeline{' (on device)' if on_device else ''}: "
+                  f"{row['images_per_s']:7.1f} img/s end to end, input wait "
                   f"{100 * row['input_wait_share']:.1f}%, renderer "
                   f"{row['renderer_images_per_s'] or 0:.0f} img/s", flush=True)
     write_rows(rows, args.out)

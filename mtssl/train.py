@@ -223,6 +223,15 @@ def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
         num_threads=1, prefetch_buffer_size=config.data.prefetch)))
 
 
+def with_device_rendering(static: steps.Static, config, synthetic) -> steps.Static:
+    """`static` with the synthetic batch rendered inside the step when
+    `synthetic.on_device` (the data iterator then yields indices)."""
+    if not config.synthetic.on_device:
+        return static
+    return dataclasses.replace(static, render_synthetic=functools.partial(
+        render_on_device, source=synthetic, image_size=config.image_size))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) and returns the last logged metrics."""
     validate(config, jax.device_count())
@@ -236,9 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     key = jax.random.key(config.seed)
     static, init = steps.create(config, config.image_size, key, steps_per_epoch)
-    if config.synthetic.on_device:
-        static = dataclasses.replace(static, render_synthetic=functools.partial(
-            render_on_device, source=synthetic, image_size=config.image_size))
+    static = with_device_rendering(static, config, synthetic)
     abstract = jax.eval_shape(init, key)
     train_step, state_sharding, data_sharding = steps.compile_step(static, mesh, abstract)
     predict = jax.jit(lambda s, x: steps.predict(s, x, static=static),
