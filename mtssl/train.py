@@ -315,6 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last.update(images_per_s=images_per_s,
                             input_wait_share=wait_s / elapsed,
                             epoch=step / steps_per_epoch)
+                for domain, source in (("synthetic", synthetic), ("real", real)):
+                    if getattr(source, "skipped", None) is not None:
+                        # Unreadable records skipped so far (this process).
+                        last[f"data/skipped_{domain}"] = source.skipped.count
                 eta = (total_steps - step) * elapsed / window_steps
                 writer.write_scalars(step, last)
                 if jax.process_index() == 0:

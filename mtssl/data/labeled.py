@@ -27,7 +27,6 @@ import hashlib
 import pathlib
 
 import numpy as np
-from PIL import Image
 
 from mtssl.classification import IGNORE
 from mtssl.data import real
@@ -36,18 +35,23 @@ DATASETS = ("photos", "imagefolder:<path>", "tfds:<name>")
 
 
 class _Labeled(real._CroppedImages):
-    """Shared __getitem__: load_example -> crop by (seed, index)."""
+    """Shared __getitem__: _load_example -> crop by (seed, index); unreadable
+    records are skipped and counted (`real.read_or_skip`)."""
 
-    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image at its own size, label) of record `index`."""
         raise NotImplementedError
 
-    def _load(self, index: int) -> np.ndarray:
-        return self.load_example(index)[0]
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 RGB image at its own size, label) of record `index`, or of
+        the next readable one."""
+        return real.read_or_skip(self._load_example, int(index), len(self), self.skipped)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        image, label = self.load_example(int(index))
-        rng = np.random.default_rng([self.seed, int(index)])
+    def _load(self, index: int) -> np.ndarray:
+        return self._load_example(index)[0]
+
+    def _record(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image, label = self._load_example(index)
         return {"image": real.crop_and_resize(image, self.resolution, self.crop, rng,
                                               self.min_scale), "label": label}
 
@@ -70,7 +74,7 @@ class PhotoCrops(_Labeled):
     def __len__(self) -> int:
         return self.num_records
 
-    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         label = int(index) % len(self.class_names)
         photo = real._photo(self.class_names[label])
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
@@ -117,9 +121,8 @@ class LabeledFolder(_Labeled):
     def __len__(self) -> int:
         return len(self.files)
 
-    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        with Image.open(self.files[index]) as im:
-            return np.asarray(im.convert("RGB")), self.labels[int(index)]
+    def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return real.to_rgb(real.read_image_file(self.files[index])), self.labels[int(index)]
 
 
 class LabeledTfds(_Labeled):
@@ -147,7 +150,7 @@ class LabeledTfds(_Labeled):
     def __len__(self) -> int:
         return len(self._source)
 
-    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         record = self._source[int(index)]
         image, label = real.to_rgb(record["image"]), record[self._key]
         if self.multilabel:

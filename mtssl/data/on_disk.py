@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mtssl.data import geometry, render
+from mtssl.data import geometry, real, render
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _MAP_EXTS = (".png", ".npy")
@@ -68,6 +68,7 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
         self.root = pathlib.Path(root)
         self.resolution = int(resolution)
         self.depth_scale = float(depth_scale)
+        self.skipped = real.SkippedRecords()
         rgb = _index(self.root / "rgb", _IMAGE_EXTS)
         if not rgb:
             raise ValueError(f"{self.root}: no frames in rgb/ (expected *.png or *.jpg)")
@@ -109,9 +110,13 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
         return len(self._frames)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Frame `index`, or the next readable one (unreadable frames are
+        skipped and counted in `skipped`)."""
+        return real.read_or_skip(self._frame, int(index), len(self), self.skipped)
+
+    def _frame(self, index: int) -> dict[str, np.ndarray]:
         frame = self._frames[index]
-        with Image.open(self._rgb[frame]) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        rgb = real.to_rgb(real.read_image_file(self._rgb[frame]))
         h, w = rgb.shape[:2]
         depth = _read_map(self._depth[frame]).astype(np.float32)
         if self._depth[frame].suffix.lower() == ".png":

@@ -14,6 +14,13 @@ random square of `min_scale`..1 of the shorter side and flips it half the
 time, then resizes; `center_crop` takes the central square; `resize` squashes
 the whole image to the square, as the reference did with Places365 ("resized
 to 227"). Record i is a pure function of (seed, i).
+
+Bad files never stop a run: a record that cannot be decoded (empty,
+truncated, not an image, too large for PIL's decompression-bomb limit) is
+skipped for the next readable one (i + 1, i + 2, ..., so still a pure
+function of i) and counted in the source's `skipped` (`SkippedRecords`),
+which training logs as data/skipped_*. Any mode PIL reads is accepted
+(grayscale, 16-bit, CMYK, palette, alpha: `read_image_file`).
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ from __future__ import annotations
 import abc
 import functools
 import pathlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 from PIL import Image
 
 CROPS = ("random_crop", "center_crop", "resize")
@@ -32,6 +42,58 @@ CROPS = ("random_crop", "center_crop", "resize")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
           "brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# What decoding a bad file raises (PIL's UnidentifiedImageError is an OSError).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_CONSECUTIVE_SKIPS = 64
+
+
+class SkippedRecords:
+    """Count of records a source could not read and skipped (thread-safe)."""
+
+    def __init__(self):
+        self.count, self.last = 0, ""
+        self._lock = threading.Lock()
+
+    def add(self, index: int, error: BaseException) -> None:
+        with self._lock:
+            self.count += 1
+            self.last = f"record {index}: {type(error).__name__}: {error}"
+            if self.count <= 10 or self.count % 1000 == 0:
+                logging.warning("skipped unreadable %s (%d skipped so far)", self.last,
+                                self.count)
+
+    def __getstate__(self):              # sources travel to grain workers by pickle
+        return {"count": self.count, "last": self.last}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def read_or_skip(read: Callable[[int], Any], index: int, length: int,
+                 skipped: SkippedRecords) -> Any:
+    """read(index), or read() of the next readable record, counting the skips."""
+    for k in range(MAX_CONSECUTIVE_SKIPS):
+        i = (index + k) % length
+        try:
+            return read(i)
+        except READ_ERRORS as e:
+            skipped.add(i, e)
+    raise RuntimeError(f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable records from "
+                       f"{index}; last: {skipped.last}")
+
+
+def read_image_file(path: str | pathlib.Path) -> np.ndarray:
+    """A whole image file decoded (truncated files raise), as an array
+    `to_rgb` takes: 16-bit and float modes keep their range, CMYK, palette
+    and other modes become RGB."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("L", "RGB", "RGBA", "LA") or im.mode.startswith(("I", "F")):
+            return np.asarray(im)
+        return np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB"))
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -81,16 +143,21 @@ class _CroppedImages(grain.sources.RandomAccessDataSource):
             raise ValueError(f"unknown crop mode {crop!r}; valid: {CROPS}")
         self.resolution, self.seed, self.crop = int(resolution), int(seed), crop
         self.min_scale = float(min_scale)
+        self.skipped = SkippedRecords()
 
     @abc.abstractmethod
     def _load(self, index: int) -> np.ndarray:
         """Record `index` as an image array (any dtype, gray, RGB or RGBA)."""
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, int(index)])
-        image = to_rgb(self._load(int(index)))
+    def _record(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = to_rgb(self._load(index))
         return {"image": crop_and_resize(image, self.resolution, self.crop, rng,
                                          self.min_scale)}
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        return read_or_skip(lambda i: self._record(i, rng), int(index), len(self),
+                            self.skipped)
 
 
 @functools.cache
@@ -144,8 +211,7 @@ class ImageFolder(_CroppedImages):
         return len(self.files)
 
     def _load(self, index: int) -> np.ndarray:
-        with Image.open(self.files[index]) as im:
-            return np.asarray(im.convert("RGB"))
+        return read_image_file(self.files[index])
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, images={len(self)})"
