@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,6 +9,8 @@ import platform
 import resource
 
 import jax
+
+from mtssl.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,12 +31,8 @@ def peak_rss_mb() -> float:
 
 
 def load_config(spec: str):
-    """'configs/pretrain.py:runlocal' -> that file's get_config('runlocal')."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("config", ROOT / path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    """'configs/pretrain.py:runlocal' (relative to the repository) -> its config."""
+    return load_config_file(ROOT / spec)
 
 
 def write_rows(rows: list[dict], out: str) -> None:

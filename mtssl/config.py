@@ -24,6 +24,8 @@ Data sources are strings:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +41,17 @@ SYNTHETIC_SOURCES = ("render", "folder:<path>")
 REAL_SOURCES = ("package", "imagefolder:<path>", "tfds:<name>", "target")
 REAL_CROPS = ("auto",) + real_data.CROPS
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def load_config_file(spec: str | pathlib.Path):
+    """`path/to/config.py[:arg]` -> that file's get_config(arg) (as --config does)."""
+    path, _, arg = str(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mtssl_config_file", path)
+    if module_spec is None or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def defaults() -> ml_collections.ConfigDict:

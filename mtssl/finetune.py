@@ -57,7 +57,13 @@ from mtssl.config import defaults as pretrain_defaults
 from mtssl.data import real
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
-from mtssl.mesh import batch_sharding, data_mesh, local_to_global, replicated, same_to_global
+from mtssl.mesh import (
+    batch_sharding,
+    data_mesh,
+    local_to_global,
+    replicated,
+    same_to_global,
+)
 from mtssl.metric_writers import MetricWriter
 from mtssl.pretrained import load_encoder, random_encoder
 from mtssl.train import check_finite, mean_metrics

@@ -32,7 +32,12 @@ from flax import nnx
 
 from mtssl import losses
 from mtssl.config import tasks_of
-from mtssl.models import MultiTaskNet, PatchDiscriminator, encoder_taps, set_compute_dtype
+from mtssl.models import (
+    MultiTaskNet,
+    PatchDiscriminator,
+    encoder_taps,
+    set_compute_dtype,
+)
 
 
 @flax.struct.dataclass

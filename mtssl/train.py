@@ -36,8 +36,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from etils import epath
+from jax.experimental import multihost_utils
 
 from mtssl import checkpointing, steps
 from mtssl.config import validate

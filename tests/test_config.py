@@ -1,21 +1,17 @@
 """Config validation: wrong keys and values fail early and name the choices."""
 
-import importlib.util
 import pathlib
 import re
 
 import pytest
 
-from mtssl.config import defaults, validate
+from mtssl.config import defaults, load_config_file, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_pretrain_config(arg=None):
-    spec = importlib.util.spec_from_file_location("pretrain", ROOT / "configs/pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(f"{ROOT / 'configs/pretrain.py'}:{arg or ''}")
 
 
 def test_paper_recipe_and_runlocal_are_valid():

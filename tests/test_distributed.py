@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def test_two_processes_train_and_checkpoint(tmp_path):
-    overrides = {**TINY, "num_steps": 4, "log.images_every_steps": 0, "eval.every_steps": 4}
+    overrides = {**TINY, "num_steps": 2, "log.every_steps": 1,
+                 "log.images_every_steps": 0, "eval.every_steps": 2}
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
              for k, v in overrides.items()]
     port = free_port()
@@ -37,16 +38,16 @@ def test_two_processes_train_and_checkpoint(tmp_path):
         assert p.returncode == 0, f"process {i}:\n{out[-4000:]}"
         assert f"process {i} of 2, 1 local / 2 global devices" in out
     # Only process 0 logs; the evaluation ran on both processes' devices.
-    assert "step 4/4 (100%)" in outputs[0] and "step 4/4" not in outputs[1]
+    assert "step 2/2 (100%)" in outputs[0] and "step 2/2" not in outputs[1]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows] == [1, 2]
     assert np.isfinite(rows[-1]["g_loss"]) and np.isfinite(rows[-1]["eval/depth/abs_rel"])
     # Each process saved its own data-iterator position.
-    data = tmp_path / "checkpoints" / "4" / "data"
+    data = tmp_path / "checkpoints" / "2" / "data"
     assert sorted(p.name for p in data.glob("process_*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
     # A single process with other devices loads it (pretrained.load_run).
     config, _, state, step = load_run(tmp_path)
-    assert step == 4 and config.batch_size == tiny_config().batch_size
-    assert int(state.step) == 4
+    assert step == 2 and config.batch_size == tiny_config().batch_size
+    assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.g_params)))

@@ -1,7 +1,6 @@
 """Fine-tuning: test-time crops, the optimizer split, learning, VOC through
 TFDS mock data, exact resume."""
 
-import importlib.util
 import json
 import os
 
@@ -10,19 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from test_linear_probe import write_toy_folder
 
 from mtssl import finetune
-from test_linear_probe import write_toy_folder
+from mtssl.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def finetune_config(**overrides):
-    spec = importlib.util.spec_from_file_location(
-        "finetune_config", os.path.join(ROOT, "configs/finetune.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("photos")
+    c = load_config_file(os.path.join(ROOT, "configs/finetune.py:photos"))
     c.model.width = 0.125
     c.image_size, c.batch_size, c.num_threads = 64, 8, 2
     c.log_every, c.save_every = 1, 2

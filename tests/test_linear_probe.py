@@ -10,18 +10,14 @@ import pytest
 from PIL import Image
 
 from mtssl import linear_probe
+from mtssl.config import load_config_file
 from mtssl.data.labeled import LabeledFolder, LabeledTfds, PhotoCrops, make_labeled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def probe_config(**overrides):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "linear_probe_config", os.path.join(ROOT, "configs/linear_probe.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_config_file(os.path.join(ROOT, "configs/linear_probe.py"))
     c.model.width = 0.125
     c.image_size, c.batch_size, c.epochs = 64, 16, 8
     c.learning_rate = 1e-2

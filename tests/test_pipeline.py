@@ -78,14 +78,13 @@ def test_on_device_rendering_gives_the_host_pipelines_batches(source):
     import jax
 
     from mtssl.data.pipeline import render_on_device
-    for grayscale in (True, False):
+    render = jax.jit(functools.partial(render_on_device, source=source, image_size=56))
+    for grayscale, i in ((True, 0), (False, 5)):
         kwargs = dict(batch_size=4, image_size=56, seed=3, grayscale=grayscale)
         host = pipeline.make_train_dataset(source, None, **kwargs)
         device = pipeline.make_train_dataset(source, None, on_device=True, **kwargs)
-        render = jax.jit(functools.partial(render_on_device, source=source, image_size=56))
-        for i in (0, 5):
-            expected = host[i]["synthetic"]
-            got = jax.device_get(render(device[i]["synthetic"]))
-            assert set(device[i]["synthetic"]) == {"index", "crop", "channel"}
-            for key in ("image", "depth", "normals", "contours"):
-                np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+        expected = host[i]["synthetic"]
+        got = jax.device_get(render(device[i]["synthetic"]))
+        assert set(device[i]["synthetic"]) == {"index", "crop", "channel"}
+        for key in ("image", "depth", "normals", "contours"):
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

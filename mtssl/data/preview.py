@@ -11,25 +11,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 
 import numpy as np
 from PIL import Image
 
+from mtssl.config import load_config_file
 from mtssl.data import on_disk, synthetic, visualize
-
-
-def _load_config(spec: str):
-    """`path/to/config.py[:arg]` -> the file's get_config(arg)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_mtssl_config", path)
-    if module_spec is None or not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
@@ -55,7 +44,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
                                          resolution=args.resolution or 128)
         samples = [source[int(i) % len(source)] for i in indices]
     else:
-        config = _load_config(args.config).to_dict() if args.config else {}
+        config = load_config_file(args.config).to_dict() if args.config else {}
         for key in ("resolution", "seed"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
