@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mtssl.config import load_config_file
 from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk, preview
 from mtssl.data.synthetic import from_config
 
@@ -118,12 +119,12 @@ def test_preview_of_a_folder(tmp_path, batch):
 
 
 def test_scene_config_file_builds_the_default_source():
-    config = preview._load_config(str(CONFIGS / "scenes.py")).to_dict()
+    config = load_config_file(str(CONFIGS / "scenes.py")).to_dict()
     source = from_config(config)
     default = SyntheticScenes()
     assert source.scene_config == default.scene_config
     assert source.render_config == default.render_config
-    assert from_config(preview._load_config(str(CONFIGS / "scenes.py") + ":paper")
+    assert from_config(load_config_file(str(CONFIGS / "scenes.py") + ":paper")
                        .to_dict()).resolution == 256
 
 
@@ -133,7 +134,7 @@ def test_config_typos_name_the_valid_keys():
     with pytest.raises(ValueError, match="scene config.*valid keys:.*max_objects"):
         from_config({"scene": {"max_object": 3}})
     with pytest.raises(ValueError, match="valid: 'paper', 'fast'"):
-        preview._load_config(str(CONFIGS / "scenes.py") + ":huge")
+        load_config_file(str(CONFIGS / "scenes.py") + ":huge")
 
 
 def test_preview_from_a_config_file(tmp_path):
