@@ -40,10 +40,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 from PIL import Image
 
 from mtssl import checkpointing
@@ -53,6 +52,7 @@ from mtssl.classification import (
     mean_average_precision,
     multilabel_accuracy,
 )
+from mtssl.cli import run_config_command
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data import real
 from mtssl.data.labeled import make_labeled
@@ -360,16 +360,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file(
-        "config", None, "Fine-tuning config (configs/finetune.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Output directory (checkpoints, results).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    run_config_command(run, "Fine-tuning config (configs/finetune.py).",
+                       "Output directory (checkpoints, results).")

@@ -37,15 +37,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import logging
 from etils import epath
-from ml_collections import config_flags
 
 from mtssl.classification import (
     classification_loss,
     mean_average_precision,
     multilabel_accuracy,
 )
+from mtssl.cli import run_config_command
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
@@ -305,17 +305,5 @@ def markdown_table(results: dict, config, multilabel: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
-    # Flags are defined here, not at import, so tests can import this module.
-    config_flags.DEFINE_config_file(
-        "config", None, "Probe config (configs/linear_probe.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Output directory.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    run_config_command(run, "Probe config (configs/linear_probe.py).")

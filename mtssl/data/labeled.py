@@ -23,6 +23,7 @@ string:
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import pathlib
 
@@ -38,9 +39,9 @@ class _Labeled(real._CroppedImages):
     """Shared __getitem__: _load_example -> crop by (seed, index); unreadable
     records are skipped and counted (`real.read_or_skip`)."""
 
+    @abc.abstractmethod
     def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image at its own size, label) of record `index`."""
-        raise NotImplementedError
 
     def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image at its own size, label) of record `index`, or of
