@@ -50,7 +50,7 @@ def test_image_folder_skips_and_counts_bad_files(tmp_path):
     assert len(bad) == 3 and source.skipped.count == 3 + 2 + 1
     for i in bad:
         np.testing.assert_array_equal(images[i], images[0])
-    assert "h_truncated" in "".join(str(p) for p in source.files)
+    assert source.skipped.last.startswith(str(tmp_path / "i_text.png"))
     # 16-bit keeps its range (not saturated to white); gray is replicated.
     e = source[names.index("e_16bit.png")]["image"]
     b = source[names.index("b_gray.png")]["image"]
@@ -73,3 +73,43 @@ def test_labelled_folder_skips_bad_files_in_both_paths(tmp_path):
         assert record["image"].shape == (12, 12, 3) and image.ndim == 3
         assert record["label"] == label
     assert source.skipped.count >= 6
+
+
+def test_on_disk_synthetic_frames_with_bad_maps_are_cleaned_or_skipped(tmp_path, batch):
+    from mtssl.data import on_disk
+
+    frames = {f"f{i}": {k: v[i] for k, v in batch.items()} for i in range(6)}
+    for name, frame in frames.items():
+        on_disk.save_frame(tmp_path, name, frame)
+    depth = frames["f0"]["depth"].astype(np.float32)
+    holes = depth.copy()
+    holes[:8], holes[8:16], holes[16:24] = np.nan, np.inf, 0.0
+    for name, d in {"f0": holes, "f1": np.full_like(depth, np.nan),  # no valid pixel
+                    "f2": depth[:32]}.items():                       # wrong size
+        (tmp_path / "depth" / f"{name}.png").unlink()
+        np.save(tmp_path / "depth" / f"{name}.npy", d)
+    (tmp_path / "normal" / "f3.png").unlink()
+    normals = frames["f3"]["normals"].copy()
+    normals[:4] = np.nan
+    np.save(tmp_path / "normal" / "f3.npy", normals)
+    (tmp_path / "rgb" / "f4.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    np.save(tmp_path / "depth" / "f5.npy", np.array([object()]), allow_pickle=True)
+    (tmp_path / "depth" / "f5.png").unlink()                          # a pickle: refused
+
+    source = on_disk.SyntheticFolder(root=tmp_path, resolution=64)
+    got = [source[i] for i in range(len(source))]
+    for record in got:
+        for key in ("depth", "normals", "intrinsics"):
+            assert np.isfinite(record[key]).all(), key
+    # NaN, inf and 0 depth are all "invalid" (0), the rest is kept.
+    np.testing.assert_array_equal(got[0]["depth"][:24], 0.0)
+    np.testing.assert_allclose(got[0]["depth"][24:], depth[24:])
+    assert not got[1]["depth"].any()
+    # Unreadable frames (wrong-size map, truncated image, pickled array) are
+    # replaced by the next readable frame and counted (each read that hit one).
+    assert source.skipped.count == 1 + 2 + 1
+    np.testing.assert_array_equal(got[2]["image"], got[3]["image"])
+    np.testing.assert_array_equal(got[4]["image"], got[0]["image"])   # wraps round
+    np.testing.assert_array_equal(got[5]["image"], got[0]["image"])
+    np.testing.assert_array_equal(got[3]["normals"][:4], 0.0)
+    assert "frame 'f5'" in source.skipped.last

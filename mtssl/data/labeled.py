@@ -46,7 +46,8 @@ class _Labeled(real._CroppedImages):
     def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 RGB image at its own size, label) of record `index`, or of
         the next readable one."""
-        return real.read_or_skip(self._load_example, int(index), len(self), self.skipped)
+        return real.read_or_skip(self._load_example, int(index), len(self), self.skipped,
+                                 self.describe)
 
     def _load(self, index: int) -> np.ndarray:
         return self._load_example(index)[0]
@@ -124,6 +125,9 @@ class LabeledFolder(_Labeled):
 
     def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return real.to_rgb(real.read_image_file(self.files[index])), self.labels[int(index)]
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
 
 
 class LabeledTfds(_Labeled):

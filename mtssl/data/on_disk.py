@@ -47,11 +47,17 @@ def _index(folder: pathlib.Path, exts) -> dict[str, pathlib.Path]:
             if p.suffix.lower() in exts and p.is_file()}
 
 
-def _read_map(path: pathlib.Path) -> np.ndarray:
+def _read_map(path: pathlib.Path, shape: tuple[int, int]) -> np.ndarray:
+    """A per-pixel map; a map whose size differs from its frame's image is an
+    unreadable record (ValueError), not a silently misaligned target."""
     if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    with Image.open(path) as im:
-        return np.asarray(im)
+        array = np.load(path, allow_pickle=False)
+    else:
+        with Image.open(path) as im:
+            array = np.asarray(im)
+    if array.shape[:2] != shape:
+        raise ValueError(f"{path}: map is {array.shape[:2]}, its image is {shape}")
+    return array
 
 
 class SyntheticFolder(grain.sources.RandomAccessDataSource):
@@ -112,13 +118,14 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Frame `index`, or the next readable one (unreadable frames are
         skipped and counted in `skipped`)."""
-        return real.read_or_skip(self._frame, int(index), len(self), self.skipped)
+        return real.read_or_skip(self._frame, int(index), len(self), self.skipped,
+                                 lambda i: f"frame {self._frames[i]!r} of {self.root}")
 
     def _frame(self, index: int) -> dict[str, np.ndarray]:
         frame = self._frames[index]
         rgb = real.to_rgb(real.read_image_file(self._rgb[frame]))
         h, w = rgb.shape[:2]
-        depth = _read_map(self._depth[frame]).astype(np.float32)
+        depth = _read_map(self._depth[frame], (h, w)).astype(np.float32)
         if self._depth[frame].suffix.lower() == ".png":
             depth = depth * self.depth_scale
         k = self._shared_k if self._shared_k is not None else self._read_k(
@@ -144,19 +151,20 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
         depth = nearest(depth)
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
         if frame in self._normal:
-            n = _read_map(self._normal[frame])
+            n = _read_map(self._normal[frame], (h, w))
             n = n.astype(np.float32) / 127.5 - 1.0 if n.dtype == np.uint8 else n
-            n = nearest(n[..., :3].astype(np.float32))
+            n = np.nan_to_num(nearest(n[..., :3].astype(np.float32)),
+                              nan=0.0, posinf=0.0, neginf=0.0)
             n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
         else:
             n = geometry.normals_from_depth(np.where(depth > 0, depth, np.nan), k_out)
             n = np.nan_to_num(n)
         if frame in self._instance:
-            instances = nearest(_read_map(self._instance[frame]).astype(np.int32))
+            instances = nearest(_read_map(self._instance[frame], (h, w)).astype(np.int32))
             contours = np.asarray(render.instance_contours(jax.numpy.asarray(instances)))
         else:
             instances = np.zeros((self.resolution,) * 2, np.int32)
-            c = _read_map(self._contour[frame]) > 0
+            c = _read_map(self._contour[frame], (h, w)) > 0
             # Keep thin contours alive through downscaling: max over each cell.
             idx = np.floor(np.arange(side) * scale).astype(int)
             contours = np.zeros((self.resolution,) * 2, bool)

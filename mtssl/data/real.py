@@ -56,10 +56,10 @@ class SkippedRecords:
         self.count, self.last = 0, ""
         self._lock = threading.Lock()
 
-    def add(self, index: int, error: BaseException) -> None:
+    def add(self, record: str, error: BaseException) -> None:
         with self._lock:
             self.count += 1
-            self.last = f"record {index}: {type(error).__name__}: {error}"
+            self.last = f"{record}: {type(error).__name__}: {error}"
             if self.count <= 10 or self.count % 1000 == 0:
                 logging.warning("skipped unreadable %s (%d skipped so far)", self.last,
                                 self.count)
@@ -73,14 +73,16 @@ class SkippedRecords:
 
 
 def read_or_skip(read: Callable[[int], Any], index: int, length: int,
-                 skipped: SkippedRecords) -> Any:
-    """read(index), or read() of the next readable record, counting the skips."""
+                 skipped: SkippedRecords,
+                 describe: Callable[[int], str] = lambda i: f"record {i}") -> Any:
+    """read(index), or read() of the next readable record, counting the skips
+    (logged as describe(i): the file, where a record is one)."""
     for k in range(MAX_CONSECUTIVE_SKIPS):
         i = (index + k) % length
         try:
             return read(i)
         except READ_ERRORS as e:
-            skipped.add(i, e)
+            skipped.add(describe(i), e)
     raise RuntimeError(f"{MAX_CONSECUTIVE_SKIPS} consecutive unreadable records from "
                        f"{index}; last: {skipped.last}")
 
@@ -154,10 +156,14 @@ class _CroppedImages(grain.sources.RandomAccessDataSource):
         return {"image": crop_and_resize(image, self.resolution, self.crop, rng,
                                          self.min_scale)}
 
+    def describe(self, index: int) -> str:
+        """How a skipped record is named in logs: its file, where it has one."""
+        return f"record {index}"
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, int(index)])
         return read_or_skip(lambda i: self._record(i, rng), int(index), len(self),
-                            self.skipped)
+                            self.skipped, self.describe)
 
 
 @functools.cache
@@ -212,6 +218,9 @@ class ImageFolder(_CroppedImages):
 
     def _load(self, index: int) -> np.ndarray:
         return read_image_file(self.files[index])
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, images={len(self)})"
