@@ -163,24 +163,44 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _row_step(row: str) -> float:
+    """The step of a metrics.jsonl row; inf for a row torn by a crash."""
+    try:
+        return json.loads(row)["step"] if row.endswith("\n") else float("inf")
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricWriter:
     """Scalars to JSONL + TensorBoard, images to PNG + TensorBoard.
 
     Only process 0 writes; other processes get a writer that does nothing.
+    A run resumed from checkpoint step `resume_step` first drops the
+    metrics.jsonl rows of later steps (logged before a crash, then trained
+    again), so the file has one row per logged step of the run that its
+    checkpoints describe. TensorBoard purges such orphaned steps itself.
     """
 
-    def __init__(self, workdir: str | epath.Path):
+    def __init__(self, workdir: str | epath.Path, resume_step: int | None = None):
         self.workdir = epath.Path(workdir)
         self.active = jax.process_index() == 0
         if not self.active:
             return
+        jsonl = self.workdir / "metrics.jsonl"
+        if resume_step is not None and jsonl.exists():
+            rows = jsonl.read_text().splitlines(keepends=True)
+            kept = [r for r in rows if _row_step(r) <= resume_step]
+            if len(kept) < len(rows):
+                tmp = jsonl.parent / (jsonl.name + ".tmp")
+                tmp.write_text("".join(kept))
+                tmp.replace(jsonl)
         (self.workdir / "tensorboard").mkdir(parents=True, exist_ok=True)
         (self.workdir / "images").mkdir(parents=True, exist_ok=True)
         now = time.time()
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}"
         self._events = (self.workdir / "tensorboard" / name).open("ab")
         self._events.write(_record(_event(0, now, file_version="brain.Event:2")))
-        self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+        self._jsonl = jsonl.open("a")
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.active:
@@ -210,3 +230,9 @@ class MetricWriter:
         if self.active:
             self._events.close()
             self._jsonl.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

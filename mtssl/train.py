@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = int(jax.device_get(state.step))
     last_good = checkpoints.latest_step()
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     evaluation = eval_sets(config)

@@ -1,10 +1,25 @@
 """Shared fixtures. Rendering compiles once per (config, batch size), so the
-expensive renders are session-scoped and reused across test files."""
+expensive renders are session-scoped and reused across test files.
 
-import numpy as np
-import pytest
+The tests and the subprocesses they start share one persistent XLA
+compilation cache (a temporary directory of this session): end-to-end tests
+run the same small programs in several processes, and a cache hit runs the
+very same executable, so results are unchanged.
+"""
 
-from mtssl.data import SyntheticScenes
+import atexit
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="mtssl-test-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)   # before jax is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from mtssl.data import SyntheticScenes  # noqa: E402
 
 RES = 64
 SEED = 7

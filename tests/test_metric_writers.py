@@ -48,3 +48,15 @@ def test_corrupt_event_file_is_detected(tmp_path):
     events_file.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt record"):
         read_events(events_file)
+
+
+def test_resuming_drops_rows_logged_after_the_checkpoint(tmp_path):
+    with MetricWriter(tmp_path) as writer:
+        for step in (1, 2, 3, 4):
+            writer.write_scalars(step, {"loss": float(step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')                 # torn by a kill mid-write
+    with MetricWriter(tmp_path, resume_step=2) as writer:
+        writer.write_scalars(3, {"loss": 30.0})
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]

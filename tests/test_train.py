@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,39 +198,76 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
         SceneConfig(textures=("marble",))
 
 
-def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
-    overrides = {**TINY, "num_steps": 500, "log.every_steps": 1, "eval.every_steps": 0,
-                 "log.images_every_steps": 0, "checkpoint.every_steps": 1000}
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(main_command(tmp_path, overrides), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)          # as a scheduler preempting the job
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
-    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
-    assert len(saved) == 1 and 3 <= saved[0] < 500      # no periodic one was due
-    step = saved[0]
-    assert f"stopped by SIGTERM; checkpoint {step} saved" in out
-    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == step
+def _wait_for_row(proc, metrics, done, timeout=300):
+    """Polls metrics.jsonl until done(last logged step) while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = metrics.read_text().splitlines() if metrics.exists() else []
+        if rows and rows[-1].endswith("}") and done(json.loads(rows[-1])["step"]):
+            return json.loads(rows[-1])["step"]
+        assert proc.poll() is None and time.monotonic() < deadline, rows[-1:]
+        time.sleep(0.05)
 
-    resumed = subprocess.run(main_command(tmp_path, {**overrides, "num_steps": step + 2}),
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resumed from step {step}" in resumed.stderr
-    # As if nothing had happened: an uninterrupted run logs the same losses.
-    train.train_and_evaluate(tiny_config(**{**overrides, "num_steps": step + 2}),
-                             str(tmp_path / "straight"))
+
+def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
+    """SIGKILL at an arbitrary step, then SIGTERM (preemption) of the resumed
+    run, then the same command to the end: every logged loss and, on CPU,
+    every parameter and optimizer bit equal an uninterrupted run's."""
+    total = 48
+    overrides = {**TINY, "num_steps": total, "log.every_steps": 1, "eval.every_steps": 0,
+                 "log.images_every_steps": 0, "checkpoint.every_steps": 5}
+    command = main_command(tmp_path, overrides)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    metrics = tmp_path / "metrics.jsonl"
+
+    log = tmp_path / "log.txt"
+
+    def start():                                 # a file, not a pipe nobody drains
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"),
+                                stderr=subprocess.STDOUT, text=True)
+
+    proc = start()
+    def past_a_saved_checkpoint(step):       # saves are asynchronous
+        saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+        return step % 5 and any(s < step - 1 for s in saved)
+
+    killed_at = _wait_for_row(proc, metrics, past_a_saved_checkpoint)
+    proc.kill()                                  # no handler, no final save
+    assert proc.wait(timeout=60) == -signal.SIGKILL, log.read_text()[-3000:]
+    with checkpointing.RunCheckpoints(tmp_path / "checkpoints") as ckpt:
+        saved = ckpt.latest_step()
+    assert saved is not None and saved % 5 == 0 and 5 <= saved < total
+
+    proc = start()                               # the same command
+    _wait_for_row(proc, metrics, lambda step: step >= killed_at + 3)
+    proc.send_signal(signal.SIGTERM)             # as a scheduler preempting the job
+    proc.wait(timeout=300)
+    out = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert f"Resumed from step {saved}" in out
+    preempted = int(re.search(r"stopped by SIGTERM; checkpoint (\d+) saved", out)[1])
+    assert killed_at + 3 <= preempted < total
+
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"Resumed from step {preempted}" in finished.stderr
+
+    config = tiny_config(**overrides)
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     straight = [json.loads(x) for x in
                 (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [r["step"] for r in straight]
+    assert [r["step"] for r in rows] == [r["step"] for r in straight] == list(
+        range(1, total + 1))
     for r, q in zip(rows, straight):
         assert (r["g_loss"], r["d_loss"]) == (q["g_loss"], q["d_loss"]), r["step"]
+    a = restored_state(tmp_path, config, total)
+    b = restored_state(tmp_path / "straight", config, total)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(x, y)
 
 
 def test_on_device_rendering_trains_like_the_host_pipeline(main_run, tmp_path):
