@@ -1,13 +1,15 @@
-"""Using a trained encoder outside the training loop.
+"""Using a trained network outside the training loop.
 
-    from mtssl.pretrained import load_encoder
+    from mtssl.pretrained import load_encoder, load_predictor
     encoder = load_encoder("runs/local")          # a pretraining workdir
     feats = encoder.features(images_uint8)        # {"conv1": ..., ..., "fc7": ...}
+    predict = load_predictor("runs/local")        # encoder + task heads
+    maps = predict(images_uint8)                  # {"depth": metres, "normals", "contours"}
 
-`load_encoder(path)` accepts a pretraining workdir, its `checkpoints/`
-folder, or one step folder `checkpoints/<step>`; the network is rebuilt
-from the config saved with the checkpoint, and only the encoder's
-parameters and BatchNorm statistics are kept. `random_encoder(config)` is
+`load_encoder(path)` and `load_predictor(path)` accept a pretraining
+workdir, its `checkpoints/` folder, or one step folder `checkpoints/<step>`;
+the network is rebuilt from the config saved with the checkpoint (an
+encoder keeps only the encoder's parameters and BatchNorm statistics). `random_encoder(config)` is
 the untrained baseline with the same architecture. Features are computed in
 inference mode (BatchNorm running statistics), before the ReLU, from uint8
 images normalised as in training (/255 minus the ImageNet mean).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -112,6 +115,27 @@ def load_encoder(path: str | epath.Path) -> Encoder:
     """The encoder of a pretraining checkpoint (see module docstring)."""
     config, static, state, step = load_run(path)
     return _encoder_parts(config, static, state, step)
+
+
+def load_predictor(path: str | epath.Path, step: int | None = None
+                   ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The whole trained network of a checkpoint as a function of uint8
+    (N, H, W, 3) images (any size the encoder takes; the training crop size
+    is `config.image_size`) -> numpy maps at image resolution: "depth" in
+    metres (N, H, W), "normals" camera-frame unit vectors (N, H, W, 3),
+    "contours" probabilities (N, H, W); one entry per task it was trained on."""
+    _, static, state, _ = load_run(path, step)
+    predict = jax.jit(functools.partial(steps.predict, static=static))
+
+    def predictor(images: np.ndarray) -> dict[str, np.ndarray]:
+        maps = jax.device_get(predict(state, normalize_images(np.asarray(images))))
+        if "depth" in maps:
+            maps["depth"] = np.exp(maps["depth"])
+        if "contours" in maps:
+            maps["contours"] = 1.0 / (1.0 + np.exp(-maps["contours"]))
+        return maps
+
+    return predictor
 
 
 def random_encoder(config: ml_collections.ConfigDict | None = None,

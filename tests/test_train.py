@@ -123,7 +123,7 @@ def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(main_run, tmp
     from test_linear_probe import probe_config, write_toy_folder
 
     from mtssl import linear_probe
-    from mtssl.pretrained import load_encoder
+    from mtssl.pretrained import load_encoder, load_predictor
 
     workdir, _ = main_run
     encoder = load_encoder(workdir)
@@ -136,6 +136,11 @@ def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(main_run, tmp
         np.testing.assert_array_equal(again["conv5"], feats["conv5"])
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path)
+    maps = load_predictor(workdir)(images)
+    assert set(maps) == {"depth", "normals", "contours"}
+    assert maps["depth"].shape == maps["contours"].shape == (2, 64, 64)
+    assert (maps["depth"] > 0).all() and ((maps["contours"] >= 0) & (maps["contours"] <= 1)).all()
+    np.testing.assert_allclose(np.linalg.norm(maps["normals"], axis=-1), 1.0, atol=1e-4)
 
     write_toy_folder(tmp_path / "toy", n_per_class=10)
     config = probe_config(dataset=f"imagefolder:{tmp_path / 'toy'}",
