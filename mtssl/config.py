@@ -89,7 +89,8 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.grayscale = True       # one random RGB channel per batch, both domains
-    c.data.prefetch = 2           # batches prepared ahead in a background thread
+    c.data.prefetch = 2           # batches prepared ahead of the step
+    c.data.threads = 2            # host threads preparing them (order is deterministic)
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = "alexnet"
@@ -221,6 +222,9 @@ def validate(config: ml_collections.ConfigDict,
     if config.synthetic.on_device and config.synthetic.source != "render":
         raise ValueError("synthetic.on_device=True renders with the scene engine; it needs "
                          f"synthetic.source='render', not {config.synthetic.source!r}")
+    if config.data.threads < 1 or config.data.prefetch < 0:
+        raise ValueError(f"data.threads={config.data.threads} must be >= 1 and "
+                         f"data.prefetch={config.data.prefetch} >= 0")
     if config.da.enabled and config.da.pool_size < 1:
         raise ValueError(f"da.pool_size={config.da.pool_size} must be >= 1")
     for name in ("every_steps",):

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import math
@@ -155,6 +156,17 @@ def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
 
 
+def release_free_host_memory() -> None:
+    """Returns freed heap memory to the operating system (glibc's
+    malloc_trim; elsewhere nothing happens). Compiling the paper network's
+    step leaves ~400 MB of freed compiler memory in the process, which would
+    otherwise stay in its peak resident memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
     if bad:
@@ -220,7 +232,7 @@ def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
         image_size=config.image_size, seed=config.seed, grayscale=config.data.grayscale,
         on_device=config.synthetic.on_device)
     return iter(dataset.to_iter_dataset(grain.ReadOptions(
-        num_threads=1, prefetch_buffer_size=config.data.prefetch)))
+        num_threads=config.data.threads, prefetch_buffer_size=config.data.prefetch)))
 
 
 def with_device_rendering(static: steps.Static, config, synthetic) -> steps.Static:
@@ -281,7 +293,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t0 = time.perf_counter()
             batch = next(data_iter)
             wait_s += time.perf_counter() - t0
-            state, metrics = train_step(state, local_to_global(batch, data_sharding))
+            batch = local_to_global(batch, data_sharding)
+            if step == start + 1:
+                # Compile ahead of the first step and give the compiler's freed
+                # memory back before the step's buffers are allocated.
+                train_step = train_step.lower(state, batch).compile()
+                release_free_host_memory()
+            state, metrics = train_step(state, batch)
             history.append(metrics)
             window_steps += 1
 

@@ -76,3 +76,7 @@ def test_impossible_combinations():
     c.num_epochs, c.num_steps = 0, -1
     with pytest.raises(ValueError, match="num_epochs"):
         validate(c)
+    c = defaults()
+    c.data.threads = 0
+    with pytest.raises(ValueError, match="data.threads=0 must be >= 1"):
+        validate(c)

@@ -136,11 +136,14 @@ def test_phase_transposed_conv_equals_conv_transpose(k):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("k,pad,dilation", [(6, 5, 2), (3, 2, 2)])
-def test_im2col_dilated_conv_equals_the_module(k, pad, dilation):
+# fc6 on a 5x5 map (96 px: the outer taps only ever read padding, and are
+# left out), on 5x6 (rows only), on 13x13 (227 px: every tap used).
+@pytest.mark.parametrize("k,pad,dilation,size", [
+    (6, 5, 2, (5, 5)), (6, 5, 2, (5, 6)), (6, 5, 2, (13, 13)), (3, 2, 2, (5, 6))])
+def test_im2col_dilated_conv_equals_the_module(k, pad, dilation, size):
     conv = nnx.Conv(6, 7, (k, k), padding=((pad, pad), (pad, pad)),
                     kernel_dilation=dilation, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (2, 5, 6, 6))
+    x = jax.random.normal(jax.random.key(1), (2, *size, 6))
     plain = lambda x, w: jax.lax.conv_general_dilated(
         x, w, (1, 1), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
