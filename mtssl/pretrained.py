@@ -9,8 +9,9 @@
 `load_encoder(path)` and `load_predictor(path)` accept a pretraining
 workdir, its `checkpoints/` folder, or one step folder `checkpoints/<step>`;
 the network is rebuilt from the config saved with the checkpoint (an
-encoder keeps only the encoder's parameters and BatchNorm statistics). `random_encoder(config)` is
-the untrained baseline with the same architecture. Features are computed in
+encoder keeps only the encoder's parameters and BatchNorm statistics).
+`random_encoder(config)` is the untrained baseline with the same
+architecture. Features are computed in
 inference mode (BatchNorm running statistics), before the ReLU, from uint8
 images normalised as in training (/255 minus the ImageNet mean).
 """

@@ -47,6 +47,14 @@ def restored_state(workdir, config, step):
         return ckpt.restore(abstract, step=step)
 
 
+def assert_bit_identical(a, b):
+    """Every leaf of two states equal, PRNG keys by their bits."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(x, y)
+
+
 def main_command(workdir, overrides) -> list[str]:
     """`python -m mtssl.main` on the runlocal preset with config overrides."""
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
@@ -99,12 +107,8 @@ def test_resume_continues_exactly_and_a_nan_keeps_the_last_good_checkpoint(
     for key in ("g_loss", "loss/depth", "d_loss"):
         assert resumed[1][key] == straight[1][key], key
     config = tiny_config(num_steps=4)
-    a = restored_state(workdir, config, 4)
-    b = restored_state(tmp_path, config, 4)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(x, y)
+    assert_bit_identical(restored_state(workdir, config, 4),
+                         restored_state(tmp_path, config, 4))
     assert (workdir / "images" / "predictions_00000004.png").exists()
 
     # A learning rate that blows the weights up: the run stops at the next
@@ -267,12 +271,8 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
         range(1, total + 1))
     for r, q in zip(rows, straight):
         assert (r["g_loss"], r["d_loss"]) == (q["g_loss"], q["d_loss"]), r["step"]
-    a = restored_state(tmp_path, config, total)
-    b = restored_state(tmp_path / "straight", config, total)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(x, y)
+    assert_bit_identical(restored_state(tmp_path, config, total),
+                         restored_state(tmp_path / "straight", config, total))
 
 
 def test_on_device_rendering_trains_like_the_host_pipeline(main_run, tmp_path):

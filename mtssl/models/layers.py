@@ -22,13 +22,16 @@ _plain = threading.local()
 @contextlib.contextmanager
 def plain_ops():
     """Within this block (while tracing), layers use their plain operations
-    on every backend."""
+    on every backend. JAX's trace caches do not key on this switch, so they
+    are cleared on entry and exit."""
     previous = getattr(_plain, "on", False)
     _plain.on = True
+    jax.clear_caches()
     try:
         yield
     finally:
         _plain.on = previous
+        jax.clear_caches()
 
 
 def _rewrite_for_cpu() -> bool:
