@@ -1,25 +1,61 @@
-"""The shared command line of the evaluation scripts: --config FILE[:arg] and --workdir."""
+"""The shared command line of the entry points: --config FILE[:arg], --workdir
+and the multi-process flags.
+
+Several processes (multi-host GPU, TPU pods, or several processes on one
+machine) run one program over all their devices: the same command in every
+process with --coordinator_address=HOST:PORT (process 0's address),
+--num_processes=N and --process_id=i, or with --distributed where JAX
+detects the cluster itself (TPU pods, SLURM, Open MPI).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 
+def define_distributed_flags() -> None:
+    """--distributed, --coordinator_address, --num_processes, --process_id."""
+    flags.DEFINE_bool("distributed", False,
+                      "jax.distributed.initialize() with cluster auto-detection.")
+    flags.DEFINE_string("coordinator_address", None,
+                        "HOST:PORT of process 0 (multi-process runs).")
+    flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_distributed() -> None:
+    """Starts jax.distributed when the flags ask for several processes."""
+    f = flags.FLAGS
+    if f.coordinator_address is None and not f.distributed:
+        return
+    if jax.config.jax_platforms in ("cpu", None) or "cpu" in str(jax.config.jax_platforms):
+        # Cross-process collectives on CPU need an implementation (no-op elsewhere).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                               num_processes=f.num_processes, process_id=f.process_id)
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def run_config_command(run: Callable[..., object], config_help: str,
                        workdir_help: str = "Output directory.") -> None:
-    """Defines --config and --workdir (only when called: modules stay importable
-    by tests) and runs `run(config, workdir)` under absl."""
+    """Defines --config, --workdir and the multi-process flags (only when
+    called: modules stay importable by tests) and runs `run(config, workdir)`
+    under absl, in every process of a multi-process run."""
     config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
+    define_distributed_flags()
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.INFO)
+        initialize_distributed()
         run(flags.FLAGS.config, flags.FLAGS.workdir)
 
     app.run(main)

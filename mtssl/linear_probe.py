@@ -19,7 +19,10 @@ classifier per (layer, L2 weight) is trained by Adam on all layers and all
 L2 weights at once from the same batches (softmax cross-entropy, or sigmoid
 for multi-label sets); the L2 weight is chosen per layer on a validation
 split carved from the training split, and the test score is reported at it.
-Feature extraction is jitted and batches are split over all devices.
+Feature extraction is jitted and batches are split over all devices, of
+all processes with the multi-process flags of `mtssl.cli` (every process
+reads every image, fetches all features and trains the same probes; process
+0 writes the results).
 Features are cached in host memory when they fit in `cache_gb`, else they
 are recomputed every epoch.
 """
@@ -49,7 +52,7 @@ from mtssl.cli import run_config_command
 from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
-from mtssl.mesh import batch_sharding, data_mesh, same_to_global
+from mtssl.mesh import batch_sharding, data_mesh, replicated, same_to_global
 from mtssl.pretrained import Encoder, encoder_forward, load_encoder, random_encoder
 
 
@@ -68,8 +71,10 @@ def adaptive_avg_pool(x: jax.Array, g: int) -> jax.Array:
 
 
 def make_feature_fn(encoder: Encoder, layers: tuple[str, ...], target_dims: int,
-                    image_size: int):
-    """Jitted uint8-normalised images -> {layer: (N, D) pooled features}."""
+                    image_size: int, mesh: jax.sharding.Mesh):
+    """Jitted uint8-normalised images (a batch sharded over `mesh`) ->
+    {layer: (N, D) pooled features}, replicated: every process of a
+    multi-process run can fetch all of them."""
     deepest = max(layers, key=encoder.layers.index)
     shapes = jax.eval_shape(lambda x: encoder.apply(x, upto=deepest),
                             jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
@@ -82,7 +87,7 @@ def make_feature_fn(encoder: Encoder, layers: tuple[str, ...], target_dims: int,
                 for name, g in grids.items()}
 
     dims = {name: grids[name] ** 2 * shapes[name].shape[-1] for name in layers}
-    return jax.jit(features), dims
+    return jax.jit(features, out_shardings=replicated(mesh)), dims
 
 
 def _split_indices(n: int, val_fraction: float, limit: int, seed: int):
@@ -244,8 +249,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     multilabel = train_source.multilabel
     num_classes = len(train_source.class_names)
 
-    sharding = batch_sharding(data_mesh())
-    feature_fn, dims = make_feature_fn(encoder, layers, config.feature_dims, image_size)
+    mesh = data_mesh()
+    sharding = batch_sharding(mesh)
+    feature_fn, dims = make_feature_fn(encoder, layers, config.feature_dims, image_size,
+                                       mesh)
     train_idx, val_idx = _split_indices(len(train_source), config.val_fraction,
                                         config.max_train_examples, config.seed)
     test_idx = np.arange(len(test_source) if config.max_test_examples <= 0

@@ -1,6 +1,7 @@
 """Scale-out on JAX's own engine: two processes on this machine
 (`jax.distributed` over localhost, gloo collectives on CPU) train one model
-data-parallel and write one checkpoint that a single process can load."""
+data-parallel and write one checkpoint that a single process can load, and
+run the linear probes over both processes' devices."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 from test_train import ROOT, TINY, tiny_config
 
+from mtssl import linear_probe
 from mtssl.pretrained import load_run
 
 
@@ -21,22 +23,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_and_checkpoint(tmp_path):
-    overrides = {**TINY, "num_steps": 2, "log.every_steps": 1,
-                 "log.images_every_steps": 0, "eval.every_steps": 2}
+def run_two_processes(module: str, config: str, workdir, overrides: dict) -> list[str]:
+    """`python -m module` in two processes on localhost; their outputs."""
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
              for k, v in overrides.items()]
     port = free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
-         f"--workdir={tmp_path}", *flags, f"--coordinator_address=localhost:{port}",
-         "--num_processes=2", f"--process_id={i}"],
+        [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
+         *flags, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}"],
         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"process {i}:\n{out[-4000:]}"
         assert f"process {i} of 2, 1 local / 2 global devices" in out
+    return outputs
+
+
+def test_two_processes_train_and_checkpoint(tmp_path):
+    overrides = {**TINY, "num_steps": 2, "log.every_steps": 1,
+                 "log.images_every_steps": 0, "eval.every_steps": 2}
+    outputs = run_two_processes("mtssl.main", "configs/pretrain.py:runlocal", tmp_path,
+                                overrides)
     # Only process 0 logs; the evaluation ran on both processes' devices.
     assert "step 2/2 (100%)" in outputs[0] and "step 2/2" not in outputs[1]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -51,3 +60,24 @@ def test_two_processes_train_and_checkpoint(tmp_path):
     assert step == 2 and config.batch_size == tiny_config().batch_size
     assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.g_params)))
+
+
+def test_two_processes_run_the_linear_probes_as_one_does(tmp_path):
+    from test_linear_probe import probe_config, write_toy_folder
+
+    write_toy_folder(tmp_path / "toy")
+    overrides = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "checkpoint": "",
+                 "epochs": 2}
+    single = linear_probe.run(probe_config(**overrides), str(tmp_path / "one"))
+    flags = {"model.width": 0.125, "image_size": 64, "batch_size": 16,
+             "learning_rate": 1e-2, "layers": ("conv1", "conv3", "conv5"), **overrides}
+    outputs = run_two_processes("mtssl.linear_probe", "configs/linear_probe.py",
+                                tmp_path / "two", flags)
+    # Both processes fetched every feature and trained the same probes;
+    # process 0 wrote them, with the single process's scores.
+    assert "| conv5 |" in outputs[0] and "| conv5 |" not in outputs[1]
+    saved = json.loads((tmp_path / "two" / "probe.json").read_text())
+    assert set(saved) == set(single) == {"conv1", "conv3", "conv5"}
+    for layer, r in single.items():
+        np.testing.assert_allclose(saved[layer]["accuracy"], r["accuracy"], atol=0.05)
+        assert saved[layer]["dims"] == r["dims"]

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mtssl.models import MultiTaskNet, PatchDiscriminator, alexnet, encoder_taps, resnet
+from mtssl.models import (
+    MultiTaskNet,
+    PatchDiscriminator,
+    alexnet,
+    encoder_taps,
+    layers,
+    resnet,
+)
 from mtssl.models.layers import (
+    BatchNorm,
     conv_transpose_2x,
     dilated_conv,
     dilated_conv_im2col,
@@ -134,6 +142,55 @@ def test_phase_transposed_conv_equals_conv_transpose(k):
     assert y1.shape == (2, 2 * 6 + k, 2 * 8 + k, 5)
     for a, b in ((y0, y1), (gx0, gx1), (gw0, gw1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_conv_in_batch_chunks_equals_one_product(monkeypatch):
+    x = jax.random.normal(jax.random.key(1), (6, 5, 4, 3))
+    w = jax.random.normal(jax.random.key(2), (5, 5, 3, 4))
+    y0, g0 = _value_and_grads(conv_transpose_2x, x, w)
+    # 3 examples' per-tap arrays per chunk: two chunks of the batch.
+    monkeypatch.setattr(layers, "_COLS_CHUNK_BYTES", 3 * 5 * 4 * 25 * 4 * 4)
+    assert layers._batch_chunks(6, 5 * 4 * 25 * 4 * 4) == 2
+    jaxpr = str(jax.make_jaxpr(conv_transpose_2x)(x, w))
+    assert "scan" in jaxpr or "while" in jaxpr
+    y1, g1 = _value_and_grads(conv_transpose_2x, x, w)
+    for a, b in zip((y0, *g0), (y1, *g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift,dtype", [(0.0, None), (5.0, None), (-20.0, None),
+                                         (2.0, jnp.bfloat16)])
+def test_batchnorm_backward_equals_autodiff_of_nnx_batchnorm(shift, dtype):
+    """Outputs, gradients (input, scale, bias) and running statistics of the
+    written-out training backward against Flax's BatchNorm under autodiff,
+    with channel means far from zero (where a careless formula cancels)."""
+    shape = (4, 7, 5, 6)
+    x = jax.random.normal(jax.random.key(0), shape) * 2.0 + shift
+    cot = jax.random.normal(jax.random.key(1), shape)
+    ours = BatchNorm(6, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+    ours.scale[...] = jax.random.normal(jax.random.key(2), (6,))
+    ours.bias[...] = jax.random.normal(jax.random.key(3), (6,))
+    plain = nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+    plain.scale[...], plain.bias[...] = ours.scale[...], ours.bias[...]
+
+    def loss(norm, x):
+        y = norm(x)
+        return jnp.sum(y.astype(jnp.float32) * cot), y
+
+    results = []
+    for norm in (plain, ours):
+        (_, y), (g_norm, g_x) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            norm, x)
+        results.append((y, g_x, g_norm.scale[...], g_norm.bias[...], norm.mean[...],
+                        norm.var[...]))
+        assert y.dtype == (dtype or jnp.float32)
+    tol = 1e-5 if dtype is None else 2e-2
+    for a, b in zip(*results):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * np.abs(a).max())
+    # Inference mode is the parent's: running statistics, same output.
+    ours.eval(), plain.eval()
+    np.testing.assert_array_equal(ours(x), plain(x))
 
 
 # fc6 on a 5x5 map (96 px: the outer taps only ever read padding, and are

@@ -2,13 +2,17 @@
 
 On CPU, three layer types run in mathematically identical rewritten forms
 that XLA:CPU computes faster (`dilated_conv`, `pointwise_conv`,
-`conv_transpose`); `plain_ops()` turns the rewrites off while tracing (the
-benchmark counts the plain network's FLOPs that way: "model FLOPs").
+`conv_transpose`, the last in batch chunks where its per-tap array would be
+large); on every backend, BatchNorm's training backward is written out so
+that it keeps only its input (`BatchNorm`). `plain_ops()` turns all of these
+off while tracing (the benchmark counts the plain network's FLOPs that way:
+"model FLOPs"; tests compare both forms).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import jax
@@ -46,11 +50,87 @@ def make_norm(kind: str, features: int, *, rngs: nnx.Rngs) -> nnx.Module:
     statistics. GroupNorm uses up to 32 groups that divide `features`.
     """
     if kind == "batch":
-        return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        return BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
     if kind == "group":
         groups = next(g for g in (32, 16, 8, 4, 2, 1) if features % g == 0)
         return nnx.GroupNorm(features, num_groups=groups, rngs=rngs)
     raise ValueError(f"unknown norm {kind!r}; valid: {NORMS}")
+
+
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` whose training-mode backward keeps only its input.
+
+    Same parameters, statistics and outputs; in training mode (batch
+    statistics) the normalisation is `batch_norm_train`, whose gradient is
+    written out (as PyTorch's is) instead of derived by autodiff, which keeps
+    a centred copy of every normalised activation alive until the backward
+    pass (XLA's rematerialisation barriers do not stop that on CPU). At
+    227 px that copy is ~0.5 GB of the paper network's step. Inference mode,
+    masks and named-axis statistics are the parent's."""
+
+    def __call__(self, x, use_running_average=None, *, mask=None):
+        running = (self.use_running_average if use_running_average is None
+                   else use_running_average)
+        if (running or mask is not None or self.axis_name is not None
+                or getattr(_plain, "on", False) or self.axis != -1):
+            return super().__call__(x, use_running_average, mask=mask)
+        x, scale, bias = self.promote_dtype(
+            (x, self.scale[...], self.bias[...]), dtype=self.dtype)
+        out_dtype = jnp.result_type(x, scale, bias)
+        mean, var = _batch_stats(x)
+        self.mean[...] = jax.lax.stop_gradient(
+            self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(
+            self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return batch_norm_train(x, scale, bias, self.epsilon).astype(out_dtype)
+
+
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and (biased) variance over all but the last axis, in
+    at least float32, as `nnx.BatchNorm` computes them (E[x^2] - E[x]^2)."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    axes = tuple(range(x.ndim - 1))
+    mean, mean_sq = x.mean(axes), jnp.square(x).mean(axes)
+    return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> jax.Array:
+    """(x - mean) / sqrt(var + epsilon) * scale + bias with the batch's own
+    per-channel statistics (channels last), in at least float32."""
+    mean, var = _batch_stats(x)
+    f32 = mean.dtype
+    return ((x.astype(f32) - mean) * (jax.lax.rsqrt(var + epsilon) * scale.astype(f32))
+            + bias.astype(f32))
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_stats(x)
+    return batch_norm_train(x, scale, bias, epsilon), (
+        x, scale, bias, mean, jax.lax.rsqrt(var + epsilon))
+
+
+def _batch_norm_train_bwd(epsilon, residuals, grad):
+    x, scale, bias, mean, inv_std = residuals
+    f32 = mean.dtype
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    grad = grad.astype(f32)
+    # Written so that no activation-sized array but x and grad exists: the
+    # normalised input is recomputed inside the reduction only, as
+    # x * s - mean * s rather than (x - mean) * s, which XLA would merge with
+    # the forward's (x - mean) and keep alive between the passes (the memory
+    # this function exists to save).
+    d_bias = grad.sum(axes)
+    d_scale = (grad * (x.astype(f32) * inv_std - mean * inv_std)).sum(axes)
+    gain = scale.astype(f32) * inv_std
+    slope = gain * inv_std * d_scale / count
+    d_x = gain * grad - slope * x.astype(f32) + (slope * mean - gain * d_bias / count)
+    return d_x.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def set_compute_dtype(module: nnx.Module, dtype) -> None:
@@ -106,8 +186,34 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # lax.conv_transpose correlates the stride-dilated input with the kernel,
     # so input pixel i reaches output 2i + a through the flipped tap kh-1-a.
     flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-    cols = (x.reshape(-1, cin) @ flipped).reshape(n, h, w, kh, kw, cout)
-    return _col2im_2x(cols)
+
+    def one_chunk(x):
+        cols = (x.reshape(-1, cin) @ flipped).reshape(*x.shape[:3], kh, kw, cout)
+        return _col2im_2x(cols)
+
+    chunks = _batch_chunks(n, h * w * kh * kw * cout * x.dtype.itemsize)
+    if chunks == 1:
+        return one_chunk(x)
+    # Example i goes to chunk i % chunks, so a batch sharded over devices
+    # stays sharded inside each chunk.
+    per_chunk = x.reshape(n // chunks, chunks, h, w, cin).swapaxes(0, 1)
+    y = jax.lax.map(one_chunk, per_chunk)
+    return y.swapaxes(0, 1).reshape(n, *y.shape[2:])
+
+
+# The largest per-tap array (`cols`) conv_transpose_2x makes at once. The
+# paper heads' 5x5 layer at 227 px and batch 16 would make 295 MB per head
+# (three heads' worth live together); in batch chunks the step's peak memory
+# is ~0.7 GB smaller at the same speed. Autodiff of the chunk loop keeps only
+# its inputs, as the unchunked product does.
+_COLS_CHUNK_BYTES = 64 * 2 ** 20
+
+
+def _batch_chunks(n: int, bytes_per_example: int) -> int:
+    """The fewest batch chunks (a divisor of n) whose per-tap arrays fit
+    `_COLS_CHUNK_BYTES` (one example per chunk if none does)."""
+    return next((c for c in range(1, n + 1)
+                 if n % c == 0 and n // c * bytes_per_example <= _COLS_CHUNK_BYTES), n)
 
 
 @jax.custom_vjp
