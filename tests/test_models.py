@@ -191,6 +191,9 @@ def test_batchnorm_backward_equals_autodiff_of_nnx_batchnorm(shift, dtype):
     # Inference mode is the parent's: running statistics, same output.
     ours.eval(), plain.eval()
     np.testing.assert_array_equal(ours(x), plain(x))
+    # So are the options the project does not use.
+    bare = dict(use_scale=False, use_bias=False, dtype=dtype, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(BatchNorm(6, **bare)(x), nnx.BatchNorm(6, **bare)(x))
 
 
 # fc6 on a 5x5 map (96 px: the outer taps only ever read padding, and are
