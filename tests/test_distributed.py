@@ -7,11 +7,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
-from test_train import ROOT, TINY, tiny_config
+from test_train import ROOT, TINY, main_command, tiny_config
 
 from mtssl import linear_probe
 from mtssl.pretrained import load_run
@@ -25,12 +24,10 @@ def free_port() -> int:
 
 def run_two_processes(module: str, config: str, workdir, overrides: dict) -> list[str]:
     """`python -m module` in two processes on localhost; their outputs."""
-    flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
-             for k, v in overrides.items()]
     port = free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
-         *flags, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+        [*main_command(workdir, overrides, module, config),
+         f"--coordinator_address=localhost:{port}", "--num_processes=2",
          f"--process_id={i}"],
         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(2)]

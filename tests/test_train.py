@@ -55,12 +55,14 @@ def assert_bit_identical(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-def main_command(workdir, overrides) -> list[str]:
-    """`python -m mtssl.main` on the runlocal preset with config overrides."""
+def main_command(workdir, overrides, module: str = "mtssl.main",
+                 config: str = "configs/pretrain.py:runlocal") -> list[str]:
+    """`python -m module` (default: pretraining on the runlocal preset) with
+    config overrides."""
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
              for k, v in overrides.items()]
-    return [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
-            f"--workdir={workdir}", *flags]
+    return [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
+            *flags]
 
 
 @pytest.fixture(scope="module")

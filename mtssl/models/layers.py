@@ -79,6 +79,8 @@ class BatchNorm(nnx.BatchNorm):
         x, scale, bias = self.promote_dtype(
             (x, self.scale[...], self.bias[...]), dtype=self.dtype)
         out_dtype = jnp.result_type(x, scale, bias)
+        # The same reductions as inside batch_norm_train (XLA computes them
+        # once); kept outside it so that its only differentiable output is y.
         mean, var = _batch_stats(x)
         self.mean[...] = jax.lax.stop_gradient(
             self.momentum * self.mean[...] + (1 - self.momentum) * mean)
