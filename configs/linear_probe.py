@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.crop = "center_crop"      # center_crop | resize | random_crop
     c.layers = ("conv1", "conv2", "conv3", "conv4", "conv5")
     c.feature_dims = 9216       # pooled features per layer (Zhang et al.: ~9k)
+    # The protocol (the standard one by default; see mtssl/linear_probe.py):
+    c.taps = "post_relu"        # post_relu | pre_relu
+    c.bn_stats = "running"      # running | probe_images (AdaBN on the training images)
+    c.grayscale = False         # True: probe luma images (encoders trained colour-blind)
     c.batch_size = 64
     c.epochs = 30
     c.learning_rate = 1e-3

@@ -9,12 +9,19 @@ for the random-init baseline of the same architecture (`config.model`);
 `--config.dataset` is "photos" (embedded), "imagefolder:<path>" or
 "tfds:<name>". The result is `<workdir>/probe.json`:
 {"<layer>": {"accuracy": test accuracy, "val_accuracy": ..., "l2": chosen
-weight decay, "dims": feature size, ["map": test mAP for multi-label sets]}}
+weight decay, "dims": feature size, "protocol": {"taps", "bn_stats",
+"grayscale"}, ["map": test mAP for multi-label sets]}}
 plus `probe.md` (a table) and `probe_run.json` (the run's settings).
 
-How: each layer's pre-ReLU features are average-pooled to a g x g grid with
-g*g*channels close to `feature_dims` (~9k, e.g. conv5 6x6x256) and
-standardised with statistics of the training features. One linear
+How (the standard protocol, each part a config field named in the outputs):
+the frozen encoder runs in inference mode on colour images; each layer's
+features after its ReLU (`taps="post_relu"`, as in Zhang et al.'s and the
+later AlexNet benchmarks; "pre_relu" reads them before it) are
+average-pooled to a g x g grid with g*g*channels close to `feature_dims`
+(~9k, e.g. conv5 6x6x256) and standardised with statistics of the training
+features. `bn_stats="probe_images"` first replaces the encoder's BatchNorm
+running statistics by those of the probe's training images (AdaBN);
+`grayscale=True` probes luma images, for encoders trained colour-blind. One linear
 classifier per (layer, L2 weight) is trained by Adam on all layers and all
 L2 weights at once from the same batches (softmax cross-entropy, or sigmoid
 for multi-label sets); the L2 weight is chosen per layer on a validation
@@ -53,7 +60,13 @@ from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
 from mtssl.mesh import batch_sharding, data_mesh, replicated, same_to_global
-from mtssl.pretrained import Encoder, encoder_forward, load_encoder, random_encoder
+from mtssl.pretrained import (
+    Encoder,
+    adapt_statistics,
+    encoder_forward,
+    load_encoder,
+    random_encoder,
+)
 
 
 def pooled_grid(channels: int, spatial: int, target: int) -> int:
@@ -70,20 +83,27 @@ def adaptive_avg_pool(x: jax.Array, g: int) -> jax.Array:
                       for a, b in rows], 1)
 
 
+TAPS = ("post_relu", "pre_relu")
+BN_STATS = ("running", "probe_images")
+
+
 def make_feature_fn(encoder: Encoder, layers: tuple[str, ...], target_dims: int,
-                    image_size: int, mesh: jax.sharding.Mesh):
+                    image_size: int, mesh: jax.sharding.Mesh, taps: str = "post_relu"):
     """Jitted uint8-normalised images (a batch sharded over `mesh`) ->
-    {layer: (N, D) pooled features}, replicated: every process of a
-    multi-process run can fetch all of them."""
+    {layer: (N, D) pooled features} after (`taps="post_relu"`) or before
+    each layer's ReLU, replicated: every process of a multi-process run can
+    fetch all of them."""
     deepest = max(layers, key=encoder.layers.index)
     shapes = jax.eval_shape(lambda x: encoder.apply(x, upto=deepest),
                             jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
     grids = {name: pooled_grid(shapes[name].shape[-1], min(shapes[name].shape[1:3]),
                                target_dims) for name in layers}
 
+    activation = jax.nn.relu if taps == "post_relu" else (lambda x: x)
+
     def features(params, stats, images):
-        taps = encoder_forward(encoder.graphdef, params, stats, images, upto=deepest)
-        return {name: adaptive_avg_pool(taps[name], g).reshape(images.shape[0], -1)
+        out = encoder_forward(encoder.graphdef, params, stats, images, upto=deepest)
+        return {name: adaptive_avg_pool(activation(out[name]), g).reshape(images.shape[0], -1)
                 for name, g in grids.items()}
 
     dims = {name: grids[name] ** 2 * shapes[name].shape[-1] for name in layers}
@@ -100,15 +120,39 @@ def _split_indices(n: int, val_fraction: float, limit: int, seed: int):
     return idx[~val], idx[val]
 
 
+def to_luma(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., 3) -> its ITU-R 601 luma in all three channels."""
+    luma = np.rint(images.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+    return np.repeat(luma.astype(np.uint8)[..., None], 3, -1)
+
+
+def image_batches(source, indices, batch_size: int, sharding, grayscale: bool = False):
+    """(normalised images as a global array, labels, count) for `indices` of
+    a labelled source in batches of `batch_size`, the last one padded by
+    repeating its last image (fixed shapes: one compile)."""
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        records = [source[int(i)] for i in idx]
+        images = np.stack([r["image"] for r in records])
+        labels = np.stack([r["label"] for r in records])
+        pad = batch_size - len(idx)
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+        if grayscale:
+            images = to_luma(images)
+        yield same_to_global(normalize_images(images), sharding), labels, len(idx)
+
+
 class FeatureSet:
     """Batches of (features, labels) of a source's `indices`, computed by
     `feature_fn` on demand, optionally kept in host memory after the first pass."""
 
     def __init__(self, source, indices, feature_fn, params, stats, batch_size, sharding,
-                 cache: bool):
+                 cache: bool, grayscale: bool = False):
         self.source, self.indices = source, np.asarray(indices)
         self.feature_fn, self.params, self.stats = feature_fn, params, stats
         self.batch_size, self.sharding, self.cache = batch_size, sharding, cache
+        self.grayscale = grayscale
         self._cached: list | None = None
 
     def __len__(self) -> int:
@@ -122,17 +166,10 @@ class FeatureSet:
                 yield self._cached[i]
             return
         out = []
-        for start in range(0, len(self.indices), self.batch_size):
-            idx = self.indices[start:start + self.batch_size]
-            records = [self.source[int(i)] for i in idx]
-            images = np.stack([r["image"] for r in records])
-            labels = np.stack([r["label"] for r in records])
-            pad = self.batch_size - len(idx)       # fixed shapes: one compile
-            if pad:
-                images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-            x = same_to_global(normalize_images(images), self.sharding)
+        for x, labels, count in image_batches(self.source, self.indices, self.batch_size,
+                                              self.sharding, self.grayscale):
             feats = jax.device_get(self.feature_fn(self.params, self.stats, x))
-            item = ({k: v[:len(idx)] for k, v in feats.items()}, labels)
+            item = ({k: v[:count] for k, v in feats.items()}, labels)
             if self.cache:
                 out.append(item)
             yield item
@@ -237,6 +274,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     unknown = [name for name in layers if name not in encoder.layers]
     if unknown or not layers:
         raise ValueError(f"config.layers={layers!r}: choose from {', '.join(encoder.layers)}")
+    for name, valid in (("taps", TAPS), ("bn_stats", BN_STATS)):
+        if config[name] not in valid:
+            raise ValueError(f"config.{name}={config[name]!r} is not valid; choose one of: "
+                             f"{', '.join(valid)}")
+    protocol = {"taps": config.taps, "bn_stats": config.bn_stats,
+                "grayscale": bool(config.grayscale)}
     image_size = config.image_size or encoder.config.image_size
     if config.batch_size % jax.device_count():
         raise ValueError(f"batch_size={config.batch_size} does not divide over "
@@ -252,15 +295,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = data_mesh()
     sharding = batch_sharding(mesh)
     feature_fn, dims = make_feature_fn(encoder, layers, config.feature_dims, image_size,
-                                       mesh)
+                                       mesh, config.taps)
     train_idx, val_idx = _split_indices(len(train_source), config.val_fraction,
                                         config.max_train_examples, config.seed)
+    if config.bn_stats == "probe_images":
+        # Full batches only: a padded one would count its repeated image twice.
+        full = max(config.batch_size, len(train_idx) // config.batch_size * config.batch_size)
+        encoder = adapt_statistics(encoder, (x for x, _, _ in image_batches(
+            train_source, train_idx[:full], config.batch_size, sharding, config.grayscale)))
     test_idx = np.arange(len(test_source) if config.max_test_examples <= 0
                          else min(len(test_source), config.max_test_examples))
     per_example_gb = sum(dims.values()) * 4 / 1e9
     cache = bool(config.cache_gb > 0 and per_example_gb * len(train_idx) <= config.cache_gb)
     sets = [FeatureSet(src, idx, feature_fn, encoder.params, encoder.stats,
-                       config.batch_size, sharding, cache)
+                       config.batch_size, sharding, cache, config.grayscale)
             for src, idx in ((train_source, train_idx), (train_source, val_idx),
                              (test_source, test_idx))]
     train, val, test = sets
@@ -279,7 +327,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         best = int(np.argmax(val_scores[name][metric]))
         results[name] = {"accuracy": test_scores[name]["accuracy"][best],
                          "val_accuracy": val_scores[name]["accuracy"][best],
-                         "l2": float(config.l2[best]), "dims": int(dims[name])}
+                         "l2": float(config.l2[best]), "dims": int(dims[name]),
+                         "protocol": protocol}
         if multilabel:
             results[name]["map"] = test_scores[name]["map"][best]
             results[name]["val_map"] = val_scores[name]["map"][best]
@@ -291,7 +340,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "checkpoint": config.checkpoint, "checkpoint_step": encoder.step,
             "dataset": config.dataset, "classes": list(train_source.class_names),
             "train_examples": len(train), "val_examples": len(val),
-            "test_examples": len(test), "image_size": image_size,
+            "test_examples": len(test), "image_size": image_size, "protocol": protocol,
             "seconds": elapsed, "config": config.to_dict()}, indent=1, default=str))
         (workdir / "probe.md").write_text(markdown_table(results, config, multilabel))
         print(markdown_table(results, config, multilabel), flush=True)
@@ -301,8 +350,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def markdown_table(results: dict, config, multilabel: bool) -> str:
     head = "| layer | dims | L2 | val acc | test acc |" + (" test mAP |" if multilabel else "")
     rule = "|---|---|---|---|---|" + ("---|" if multilabel else "")
-    lines = [f"Linear probes: {config.checkpoint or 'random init'} on {config.dataset}",
-             "", head, rule]
+    lines = [f"Linear probes: {config.checkpoint or 'random init'} on {config.dataset} "
+             f"({config.taps} taps, {config.bn_stats} BatchNorm statistics, "
+             f"{'grayscale' if config.grayscale else 'colour'} images)", "", head, rule]
     for name, r in results.items():
         line = (f"| {name} | {r['dims']} | {r['l2']:g} | {100 * r['val_accuracy']:.1f} | "
                 f"{100 * r['accuracy']:.1f} |")

@@ -67,6 +67,45 @@ class Encoder:
         return jax.device_get(out)
 
 
+def adapt_statistics(encoder: Encoder, batches) -> Encoder:
+    """AdaBN (Li et al. 2016): `encoder` with every BatchNorm's running
+    statistics replaced by the mean and variance of its input over all of
+    `batches` (normalised float image arrays of one shape), each layer
+    normalised by batch statistics on the way, as in training."""
+    if encoder.config.model.norm != "batch":
+        raise ValueError("recomputing BatchNorm statistics needs a BatchNorm encoder, "
+                         f"not model.norm={encoder.config.model.norm!r}")
+
+    def batch_norms(model):
+        return [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+
+    @jax.jit
+    def moments(params, stats, images):
+        """Per BatchNorm: (batch mean, batch second moment) of its input."""
+        model = nnx.merge(encoder.graphdef, params, stats, copy=True)
+        model.train()
+        for norm in batch_norms(model):
+            norm.momentum = 0.0               # running statistics := this batch's
+        model(images)
+        for norm in batch_norms(model):
+            norm.var[...] = norm.var[...] + jnp.square(norm.mean[...])
+        return nnx.state(model, nnx.BatchStat)
+
+    total, count = None, 0
+    for images in batches:
+        m = jax.device_get(moments(encoder.params, encoder.stats, images))
+        total = m if total is None else jax.tree.map(np.add, total, m)
+        count += 1
+    if not count:
+        raise ValueError("no images to compute BatchNorm statistics from")
+    model = nnx.merge(encoder.graphdef, encoder.params,
+                      jax.tree.map(lambda x: x / count, total), copy=True)
+    for norm in batch_norms(model):
+        norm.var[...] = jnp.maximum(norm.var[...] - jnp.square(norm.mean[...]), 0.0)
+    return dataclasses.replace(encoder, stats=nnx.state(model, nnx.BatchStat),
+                               _compiled={})
+
+
 def encoder_forward(graphdef, params, stats, images: jax.Array,
                     upto: str | None = None) -> dict[str, jax.Array]:
     """Inference-mode taps of an encoder given as (graphdef, params, stats)."""

@@ -10,9 +10,11 @@ import subprocess
 
 import jax
 import numpy as np
-from test_train import ROOT, TINY, main_command, tiny_config
+import pytest
+from helpers import ROOT, TINY, command, probe_config, tiny_config, write_toy_folder
 
 from mtssl import linear_probe
+from mtssl.evaluate import evaluate_checkpoint
 from mtssl.pretrained import load_run
 
 
@@ -26,7 +28,7 @@ def run_two_processes(module: str, config: str, workdir, overrides: dict) -> lis
     """`python -m module` in two processes on localhost; their outputs."""
     port = free_port()
     procs = [subprocess.Popen(
-        [*main_command(workdir, overrides, module, config),
+        [*command(workdir, overrides, module, config),
          f"--coordinator_address=localhost:{port}", "--num_processes=2",
          f"--process_id={i}"],
         cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
@@ -47,7 +49,7 @@ def test_two_processes_train_and_checkpoint(tmp_path):
     assert "step 2/2 (100%)" in outputs[0] and "step 2/2" not in outputs[1]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert np.isfinite(rows[-1]["g_loss"]) and np.isfinite(rows[-1]["eval/depth/abs_rel"])
+    assert np.isfinite(rows[-1]["g_loss"]) and rows[0]["g_loss"] != rows[1]["g_loss"]
     # Each process saved its own data-iterator position.
     data = tmp_path / "checkpoints" / "2" / "data"
     assert sorted(p.name for p in data.glob("process_*.json")) == [
@@ -57,11 +59,15 @@ def test_two_processes_train_and_checkpoint(tmp_path):
     assert step == 2 and config.batch_size == tiny_config().batch_size
     assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.g_params)))
+    # ...and it is the state both processes evaluated at step 2: the held-out
+    # scores of the single process equal the logged ones.
+    again = evaluate_checkpoint(str(tmp_path), num_images=TINY["eval.num_images"], step=2,
+                                batch_size=TINY["batch_size"])
+    for key in ("eval/depth/abs_rel", "eval/normals/mean_deg", "eval/contours/f"):
+        assert again[key] == pytest.approx(rows[-1][key], rel=1e-5), key
 
 
 def test_two_processes_run_the_linear_probes_as_one_does(tmp_path):
-    from test_linear_probe import probe_config, write_toy_folder
-
     write_toy_folder(tmp_path / "toy")
     overrides = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "checkpoint": "",
                  "epochs": 2}

@@ -9,13 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from test_linear_probe import write_toy_folder
+from helpers import ROOT, write_toy_folder
 
 from mtssl import finetune
 from mtssl.config import load_config_file
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from mtssl.data.labeled import LabeledTfds
 
 def finetune_config(**overrides):
     c = load_config_file(os.path.join(ROOT, "configs/finetune.py:photos"))
@@ -71,14 +69,24 @@ def test_voc2007_multilabel_through_mock_data(tmp_path):
                              batch_size=4)
     with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
         result = finetune.run(config, str(tmp_path))
-    assert len(result["per_class_ap"]) == 20 and "aeroplane" in result["per_class_ap"]
-    assert 0.0 <= result["map"] <= 1.0 and result["test_examples"] == 6
-    assert "mAP" in (tmp_path / "finetune.md").read_text()
+        test = LabeledTfds(name="voc/2007", split="test", resolution=24)
+        labels = np.stack([test[i]["label"] for i in range(6)])
+    aps = result["per_class_ap"]
+    assert list(aps) == list(test.class_names) and len(aps) == 20
+    # A class has an AP exactly when one of the 6 test images shows it
+    # (not only as "difficult"); mAP is their mean.
+    scored = {name for name, ap in aps.items() if not np.isnan(ap)}
+    assert scored == {test.class_names[c] for c in np.flatnonzero((labels == 1).any(0))}
+    assert all(0.0 < aps[name] <= 1.0 for name in scored)
+    assert result["map"] == pytest.approx(np.mean([aps[name] for name in scored]))
+    assert result["test_examples"] == 6
+    assert f"{100 * result['map']:.1f}" in (tmp_path / "finetune.md").read_text()
 
 
-def test_interrupted_fine_tuning_resumes_exactly(tmp_path):
+def test_interrupted_fine_tuning_of_a_checkpoint_resumes_exactly(tiny_run, tmp_path):
     write_toy_folder(tmp_path / "toy", n_per_class=8)
-    common = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "max_test_examples": 4}
+    common = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "max_test_examples": 4,
+              "checkpoint": str(tiny_run[0]), "image_size": 0}
     finetune.run(finetune_config(num_steps=2, **common), str(tmp_path / "resumed"))
     resumed = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "resumed"))
     straight = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "straight"))
@@ -88,6 +96,8 @@ def test_interrupted_fine_tuning_resumes_exactly(tmp_path):
         return {r["step"]: r["loss"] for r in map(json.loads, rows) if "loss" in r}
     assert losses("resumed") == losses("straight") and len(losses("straight")) == 4
     assert resumed["accuracy"] == straight["accuracy"]
+    saved = json.loads((tmp_path / "straight" / "finetune.json").read_text())
+    assert saved["checkpoint"] == str(tiny_run[0]) and saved["checkpoint_step"] == 2
 
 
 def test_unknown_dataset_names_the_choices(tmp_path):

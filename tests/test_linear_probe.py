@@ -2,29 +2,15 @@
 
 import json
 import os
-import subprocess
-import sys
 
+import jax
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import ROOT, command, probe_config, run_command, write_toy_folder
 
 from mtssl import linear_probe
-from mtssl.config import load_config_file
+from mtssl.config import defaults, load_config_file
 from mtssl.data.labeled import LabeledFolder, LabeledTfds, PhotoCrops, make_labeled
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def probe_config(**overrides):
-    c = load_config_file(os.path.join(ROOT, "configs/linear_probe.py"))
-    c.model.width = 0.125
-    c.image_size, c.batch_size, c.epochs = 64, 16, 8
-    c.learning_rate = 1e-2
-    c.layers = ("conv1", "conv3", "conv5")
-    for key, value in overrides.items():
-        c[key] = value
-    return c
 
 
 def test_pooling_grid_gives_about_9k_features_per_layer():
@@ -40,17 +26,6 @@ def test_pooling_grid_gives_about_9k_features_per_layer():
     # Bins [0, 3) and [2, 5) in each direction (overlapping by one, as torch's).
     np.testing.assert_allclose(pooled[0, 0, 0, 0], x[0, :3, :3, 0].mean())
     np.testing.assert_allclose(pooled[1, 1, 0, 0], x[1, 2:, :3, 0].mean())
-
-
-def write_toy_folder(root, n_per_class=24, size=40):
-    """Two colour classes with noise and random brightness: linearly separable."""
-    rng = np.random.default_rng(0)
-    for label, colour in (("blue", (30, 60, 200)), ("red", (200, 50, 40))):
-        (root / label).mkdir(parents=True)
-        for i in range(n_per_class):
-            img = np.clip(np.array(colour) * rng.uniform(0.6, 1.2)
-                          + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / label / f"{i:03d}.png")
 
 
 def test_probe_separates_a_linearly_separable_folder(tmp_path):
@@ -105,17 +80,64 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
         LabeledTfds(name="cifar10", split="train", data_dir=str(tmp_path))
 
 
-def test_command_line_contract(tmp_path):
+def test_command_line_contract(tiny_run, tmp_path):
+    """`python -m mtssl.linear_probe` with `--config.x=y` overrides probes the
+    checkpoint it is given and writes what `linear_probe.run` returns for
+    the same settings."""
     write_toy_folder(tmp_path / "toy", n_per_class=10)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mtssl.linear_probe", "--config=configs/linear_probe.py",
-         f"--workdir={tmp_path / 'out'}", "--config.checkpoint=",
-         f"--config.dataset=imagefolder:{tmp_path / 'toy'}", "--config.model.width=0.125",
-         "--config.image_size=64", "--config.batch_size=8", "--config.epochs=2",
-         "--config.layers=('conv2',)"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    overrides = {"checkpoint": str(tiny_run[0]), "dataset": f"imagefolder:{tmp_path / 'toy'}",
+                 "batch_size": 8, "epochs": 2, "layers": ("conv2",)}
+    proc = run_command(command(tmp_path / "out", overrides, "mtssl.linear_probe",
+                               "configs/linear_probe.py"))
     saved = json.loads((tmp_path / "out" / "probe.json").read_text())
-    assert set(saved) == {"conv2"} and 0.0 <= saved["conv2"]["accuracy"] <= 1.0
+    config = load_config_file(os.path.join(ROOT, "configs/linear_probe.py"))
+    config.update(overrides)
+    in_process = linear_probe.run(config, str(tmp_path / "in"))
+    assert set(saved) == {"conv2"} and saved["conv2"]["dims"] == in_process["conv2"]["dims"]
+    for key in ("accuracy", "val_accuracy", "l2"):
+        assert saved["conv2"][key] == pytest.approx(in_process["conv2"][key], abs=1e-6), key
+    assert saved["conv2"]["accuracy"] >= 0.9          # two colours: separable
+    run_info = json.loads((tmp_path / "out" / "probe_run.json").read_text())
+    assert run_info["checkpoint_step"] == 2 and run_info["image_size"] == 64
     assert "| conv2 |" in proc.stdout
+
+
+def test_probe_protocol_options(tmp_path):
+    """Post-ReLU taps (the default) read the rectified features; AdaBN's
+    statistics are the probe images' own; grayscale probes luma images."""
+    from mtssl.data.pipeline import normalize_images
+    from mtssl.pretrained import adapt_statistics, random_encoder
+
+    assert (linear_probe.to_luma(np.uint8([[[200, 50, 40]]]))
+            == np.uint8([[[94, 94, 94]]])).all()           # .299 R + .587 G + .114 B
+    model = defaults()
+    model.model.update(dict(probe_config().model))
+    encoder = random_encoder(model)
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 64, 64, 3), dtype=np.uint8)
+    batches = [normalize_images(b) for b in images]
+    adapted = adapt_statistics(encoder, batches)
+    # conv1's statistics: those of its input (the convolution's output) over
+    # all 16 images, which no earlier normalisation changes.
+    conv = jax.vmap(lambda x: jax.lax.conv_general_dilated(
+        x, encoder.params["conv1"]["kernel"][...], (4, 4), ((2, 2), (2, 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")))(np.stack(batches))
+    conv = np.asarray(conv).reshape(-1, conv.shape[-1])
+    stats = adapted.stats["norms"]["conv1"]
+    np.testing.assert_allclose(stats["mean"][...], conv.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(stats["var"][...], conv.var(0), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(encoder.stats["norms"]["conv5"]["var"][...],
+                           adapted.stats["norms"]["conv5"]["var"][...])
+
+    write_toy_folder(tmp_path / "toy", n_per_class=10)
+    common = dict(dataset=f"imagefolder:{tmp_path / 'toy'}", checkpoint="", epochs=1,
+                  layers=("conv1",))
+    post = linear_probe.run(probe_config(**common), str(tmp_path / "post"))
+    other = linear_probe.run(probe_config(taps="pre_relu", bn_stats="probe_images",
+                                          grayscale=True, **common), str(tmp_path / "other"))
+    assert post["conv1"]["protocol"] == {"taps": "post_relu", "bn_stats": "running",
+                                         "grayscale": False}
+    assert other["conv1"]["protocol"] == {"taps": "pre_relu", "bn_stats": "probe_images",
+                                          "grayscale": True}
+    assert "grayscale images" in (tmp_path / "other" / "probe.md").read_text()
+    with pytest.raises(ValueError, match="post_relu, pre_relu"):
+        linear_probe.run(probe_config(taps="relu", **common), str(tmp_path / "bad"))

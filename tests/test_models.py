@@ -23,9 +23,19 @@ from mtssl.models.layers import (
 )
 
 
+def abstract_outputs(build, *input_shape):
+    """Output shapes of build()(zeros(input_shape)), without computing them."""
+    return nnx.eval_shape(lambda: build()(jnp.zeros(input_shape)))
+
+
+def apply(module, x):
+    """module(x), compiled: one program instead of an eager op per primitive."""
+    return nnx.jit(lambda m, x: m(x))(module, x)
+
+
 def test_alexnet_geometry_at_227():
-    enc = alexnet.AlexNetBN(width=0.125, rngs=nnx.Rngs(0))
-    taps = enc(jnp.zeros((2, 227, 227, 3)))
+    taps = abstract_outputs(lambda: alexnet.AlexNetBN(width=0.125, rngs=nnx.Rngs(0)),
+                            2, 227, 227, 3)
     assert set(taps) == set(alexnet.TAPS)
     sizes = {k: v.shape[1:3] for k, v in taps.items()}
     assert sizes == {"conv1": (56, 56), "conv2": (27, 27), "conv3": (13, 13),
@@ -44,7 +54,7 @@ def test_full_width_channels_and_fc6_reshapes_to_caffenet():
 
 def test_taps_are_pre_relu():
     enc = alexnet.AlexNetBN(width=0.125, rngs=nnx.Rngs(0))
-    taps = enc(jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
+    taps = apply(enc, jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
     for name, t in taps.items():
         assert float(t.min()) < 0, name      # normalised, not rectified
 
@@ -52,7 +62,7 @@ def test_taps_are_pre_relu():
 @pytest.mark.parametrize("size", [227, 96, 64])
 def test_heads_predict_at_image_resolution(size):
     net = MultiTaskNet(width=0.125, head_channels=8, rngs=nnx.Rngs(0))
-    _, preds = net(jax.random.normal(jax.random.key(0), (2, size, size, 3)))
+    _, preds = apply(net, jax.random.normal(jax.random.key(0), (2, size, size, 3)))
     assert preds["depth"].shape == (2, size, size)
     assert preds["contours"].shape == (2, size, size)
     assert preds["normals"].shape == (2, size, size, 3)
@@ -64,9 +74,9 @@ def test_heads_predict_at_image_resolution(size):
 
 
 def test_task_subsets_are_configuration():
-    net = MultiTaskNet(tasks=("normals",), width=0.125, head_channels=8,
-                       norm="group", rngs=nnx.Rngs(0))
-    _, preds = net(jnp.zeros((1, 64, 64, 3)))
+    _, preds = abstract_outputs(lambda: MultiTaskNet(
+        tasks=("normals",), width=0.125, head_channels=8, norm="group", rngs=nnx.Rngs(0)),
+        1, 64, 64, 3)
     assert set(preds) == {"normals"}
     with pytest.raises(ValueError, match="non-empty subset"):
         MultiTaskNet(tasks=(), rngs=nnx.Rngs(0))
@@ -77,11 +87,11 @@ def test_task_subsets_are_configuration():
 
 
 def test_discriminator_patch_map_on_conv5():
-    d = PatchDiscriminator(32, width=0.125, rngs=nnx.Rngs(0))
-    assert d(jnp.zeros((2, 13, 13, 32))).shape == (2, 6, 6)
+    assert abstract_outputs(lambda: PatchDiscriminator(32, width=0.125, rngs=nnx.Rngs(0)),
+                            2, 13, 13, 32).shape == (2, 6, 6)
     # Any tapped layer: a larger map gives more patches.
-    d1 = PatchDiscriminator(12, width=0.125, rngs=nnx.Rngs(0))
-    assert d1(jnp.zeros((2, 56, 56, 12))).shape == (2, 27, 27)
+    assert abstract_outputs(lambda: PatchDiscriminator(12, width=0.125, rngs=nnx.Rngs(0)),
+                            2, 56, 56, 12).shape == (2, 27, 27)
 
 
 def test_batchnorm_uses_each_batch_statistics_in_training():
@@ -102,7 +112,7 @@ def test_batchnorm_uses_each_batch_statistics_in_training():
 @pytest.mark.parametrize("depth,expansion", [("resnet18", 1), ("resnet50", 4)])
 def test_resnet_taps_and_dilated_last_stage(depth, expansion):
     enc = resnet.ResNetBN(depth=depth, width=0.125, rngs=nnx.Rngs(0))
-    taps = enc(jax.random.normal(jax.random.key(0), (2, 227, 227, 3)))
+    taps = apply(enc, jax.random.normal(jax.random.key(0), (2, 227, 227, 3)))
     assert tuple(taps) == encoder_taps(depth) == resnet.TAPS
     sizes = {k: v.shape[1:3] for k, v in taps.items()}
     # Output stride 16 at conv5 (dilated), not 32: a 15x15 map like AlexNet's 13x13.
@@ -113,9 +123,8 @@ def test_resnet_taps_and_dilated_last_stage(depth, expansion):
 
 
 def test_multitask_net_on_resnet_and_unknown_encoder():
-    net = MultiTaskNet(encoder="resnet18", width=0.125, head_channels=8,
-                       rngs=nnx.Rngs(0))
-    taps, preds = net(jnp.zeros((2, 96, 96, 3)))
+    taps, preds = abstract_outputs(lambda: MultiTaskNet(
+        encoder="resnet18", width=0.125, head_channels=8, rngs=nnx.Rngs(0)), 2, 96, 96, 3)
     assert "fc7" not in taps and preds["normals"].shape == (2, 96, 96, 3)
     with pytest.raises(ValueError, match="alexnet, resnet18, resnet50"):
         MultiTaskNet(encoder="vgg16", rngs=nnx.Rngs(0))

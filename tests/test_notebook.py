@@ -1,17 +1,23 @@
-"""experiments/quickstart.ipynb runs top to bottom (as a tiny run)."""
+"""experiments/quickstart.ipynb runs top to bottom (as a tiny run).
+
+The notebook's training cell is given a copy of the session's tiny run with
+its own settings, so it resumes a finished run (what re-running the cell
+does) and the rest of the notebook reads that checkpoint."""
 
 import json
 import os
 import pathlib
+import shutil
 
 import nbformat
 from nbclient import NotebookClient
-from test_train import TINY
+from helpers import TINY
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_executes(tmp_path):
+def test_quickstart_notebook_executes(tiny_run, tmp_path):
+    shutil.copytree(tiny_run[0], tmp_path / "run")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     params.source = "\n".join([

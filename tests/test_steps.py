@@ -11,22 +11,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from helpers import ROOT, step_config
+
 from mtssl import steps
-from mtssl.config import defaults
 
 RES = 64
-
-
-def step_config(**overrides) -> ml_collections.ConfigDict:
-    """The paper's config with a tiny network; overrides as {"section.key": v}."""
-    c = defaults()
-    c.model.update(width=0.125, head_channels=8, disc_width=0.0625)
-    c.optim.lr_decay_epochs = ()
-    c.da.pool_size = 8
-    for path, value in overrides.items():
-        section, key = path.split(".")
-        c[section][key] = value
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +112,7 @@ def test_bad_adapt_layer_names_the_choices():
 _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, sys
     sys.path.insert(0, "tests")
-    from test_steps import step_config
+    from helpers import step_config
     from mtssl import steps
     assert jax.device_count() == 8
     rng = np.random.default_rng(0)
@@ -141,29 +130,44 @@ _SHARDED = textwrap.dedent("""
         abstract = jax.eval_shape(init, jax.random.key(0))
         step, state_sharding, data_sharding = steps.compile_step(static, mesh, abstract)
         state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
-        losses = []
-        for _ in range(3):
+        history = []
+        for i in range(3):
             b = jax.device_put(batch, data_sharding)
+            assert len(b["real"]["image"].sharding.device_set) == len(devices)
             state, m = step(state, b)
-            losses.append(float(m["g_loss"]))
-        results.append((losses, jax.device_get(state.g_params)))
-    (l1, p1), (l8, p8) = results
-    np.testing.assert_allclose(l1, l8, rtol=1e-4)
-    # Adam turns a gradient near zero into a step of about lr (1e-3) whose
-    # sign rounding decides, so a rare parameter may differ by up to a step;
-    # on average they agree to a hundredth of one.
-    diffs = [np.abs(a - b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8))]
-    assert max(d.max() for d in diffs) <= 3e-3
-    assert np.mean(np.concatenate([d.ravel() for d in diffs])) < 1e-5
-    print("OK", l1, l8)
+            history.append(jax.device_get(m))
+            if i == 0:
+                first = jax.device_get((state.g_params, state.d_params))
+        results.append((history, first))
+    (h1, (g1, d1)), (h8, (g8, d8)) = results
+    # Step 1 starts from the same parameters on the same batch: only the
+    # order of the reductions over the batch differs.
+    for key in h1[0]:
+        np.testing.assert_allclose(h8[0][key], h1[0][key], rtol=1e-5, err_msg=key,
+                                   atol=0.02 if key == "d_accuracy" else 0)
+    # D takes an SGD step: its new parameters are its gradient, to rounding.
+    for a, b in zip(jax.tree.leaves(d1), jax.tree.leaves(d8)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
+    # G's first Adam step is lr * g / (|g| + eps): about lr * sign(g), so a
+    # weight whose gradient is rounding noise may move either way; all others agree.
+    diffs = np.concatenate([np.abs(a - b).ravel() for a, b in
+                            zip(jax.tree.leaves(g1), jax.tree.leaves(g8))])
+    assert np.mean(diffs > 1e-6) < 1e-3 and diffs.max() <= 2.1e-3, (np.mean(diffs > 1e-6), diffs.max())
+    # Later steps: Adam amplifies those weights; the losses stay close.
+    for step1, step8 in zip(h1[1:], h8[1:]):
+        for key in ("g_loss", "d_loss"):
+            np.testing.assert_allclose(step8[key], step1[key], rtol=1e-2, err_msg=key)
+    print("OK", np.mean(diffs > 1e-6), diffs.max(), [h["g_loss"] for h in h1], [h["g_loss"] for h in h8])
 """)
 
 
 def test_one_device_and_eight_devices_train_alike(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=root, env=env,
+    """The step on an 8-device mesh is the 1-device step: the first step's
+    losses, gradient norm and D update tightly, G's first update up to
+    Adam's sign of rounding-level gradients, later losses within 1%."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]))
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "OK" in proc.stdout

@@ -18,6 +18,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtssl.data import render as rd
@@ -39,18 +40,33 @@ def record_keys(seed, index) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnames=("scene_cfg", "render_cfg"))
 def render_indices(seed: jax.Array, indices: jax.Array, *,
-                   scene_cfg: sc.SceneConfig,
-                   render_cfg: rd.RenderConfig) -> dict[str, jax.Array]:
-    """Renders records `indices` (int array (B,)) of the dataset `seed`."""
+                   scene_cfg: sc.SceneConfig, render_cfg: rd.RenderConfig,
+                   count: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Renders records `indices` (int array (B,)) of the dataset `seed`.
+
+    With `count` (int scalar; culling path only), only the first `count`
+    records are rendered and the rest of the output is zeros: callers pad
+    their groups to one length, so one compiled program serves every batch
+    size.
+    """
     def one(index):
         scene_key, noise_key = record_keys(seed, index)
         scene = sc.sample_scene(scene_key, scene_cfg)
         return rd.render(scene, noise_key, render_cfg)
 
-    if render_cfg.cull:
+    if not render_cfg.cull:
+        return jax.vmap(one)(indices)
+    if count is None:
         # One image at a time, so the renderer's culling branches are real.
         return jax.lax.map(one, indices)
-    return jax.vmap(one)(indices)
+    shapes = jax.eval_shape(one, indices[0])
+
+    def one_or_nothing(args):
+        i, index = args
+        return jax.lax.cond(
+            i < count, one,
+            lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), index)
+    return jax.lax.map(one_or_nothing, (jnp.arange(indices.shape[0]), indices))
 
 
 @functools.cache
@@ -111,23 +127,31 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         """Renders several records: dict of (B, ...) numpy arrays.
 
         With culling on (CPU) each call renders its images one after another,
-        so the batch is cut into equal groups of at most `_MAX_GROUP` (the
-        last one padded) shared out over `threads` workers, one per core.
-        Otherwise the whole batch is one vmapped call.
+        so the batch is cut into groups of at most `_MAX_GROUP` shared out
+        over `threads` workers, one per core; every group is padded to
+        `_MAX_GROUP` records of which only its own are rendered, so one
+        compiled program serves every batch size. Otherwise the whole batch
+        is one vmapped call.
         """
         idx = (np.asarray(indices, dtype=np.int64) % self.num_records).astype(np.uint32)
-        if not self.render_config.cull or len(idx) <= 1:
+        if not self.render_config.cull:
             return jax.device_get(self._render(idx))
         group = min(_MAX_GROUP, -(-len(idx) // self.threads))
-        padded = np.concatenate([idx, np.repeat(idx[-1:], -len(idx) % group)])
-        outs = list(_pool(self.threads).map(
-            lambda start: jax.device_get(self._render(padded[start:start + group])),
-            range(0, len(padded), group)))
-        return {k: np.concatenate([o[k] for o in outs])[:len(idx)] for k in outs[0]}
 
-    def _render(self, idx: np.ndarray):
+        def render_group(start: int) -> Sample:
+            part = idx[start:start + group]
+            padded = np.concatenate([part, np.zeros(_MAX_GROUP - len(part), np.uint32)])
+            out = jax.device_get(self._render(padded, count=np.int32(len(part))))
+            return {k: v[:len(part)] for k, v in out.items()}
+
+        starts = range(0, len(idx), group)
+        outs = (list(_pool(self.threads).map(render_group, starts)) if len(starts) > 1
+                else [render_group(0)])
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def _render(self, idx: np.ndarray, count: np.ndarray | None = None):
         return render_indices(np.uint32(self.seed), idx, scene_cfg=self.scene_config,
-                              render_cfg=self.render_config)
+                              render_cfg=self.render_config, count=count)
 
     def __repr__(self) -> str:
         return (f"SyntheticScenes(resolution={self.resolution}, seed={self.seed}, "
