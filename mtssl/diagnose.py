@@ -1,0 +1,286 @@
+"""What a pretraining checkpoint learned, in numbers: the first thing to look at
+when a probe disappoints.
+
+    python -m mtssl.diagnose --workdir=runs/local [--num_images=64] [--step=N]
+
+Prints a report and writes `<workdir>/diagnose_<step>.json` with:
+  weights      per layer (encoder, heads, discriminator): weight norm now, at
+               initialisation (the run's own seed) and their ratio;
+  activations  per encoder tap, on held-out synthetic scenes and on the run's
+               real images: the share of dead units (channels whose ReLU
+               output is zero for every image and position) and how far the
+               BatchNorm running statistics are from the statistics of that
+               domain's features (mean |running mean - batch mean| in units
+               of the running standard deviation, and the mean of
+               log(batch var / running var));
+  conv1_colour_share   the share of conv1's filter energy outside the
+               grey (channel-mean) component: 0 for a colour-blind filter bank
+               (an encoder trained with the grayscale trick drifts there);
+  discriminator the D accuracy and adversarial loss logged over the run
+               (first, max, last): at 0.5 D has learned nothing;
+  tasks        per task, the loss of the network's predictions on held-out
+               scenes against a trivial predictor's (the best constant log
+               depth, the mean normal, a constant 0.5 contour probability,
+               which is the optimum of the class-balanced loss): a ratio near
+               1 means the head learned no more than the constant;
+  input_dependence  per task map, the variance across images of the
+               predictions (mean over pixels) against that of the targets on
+               held-out scenes, and the predictions' variance on real images:
+               near 0 means the prediction is the same layout whatever the
+               image.
+BatchNorm gaps are reported for AlexNet encoders (one norm per tap).
+All of it is computed in inference mode (BatchNorm running statistics) on
+images centre-cropped to the training size, as the evaluation does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+from flax import nnx
+
+from mtssl import steps
+from mtssl.data.pipeline import normalize_images
+from mtssl.evaluate import held_out_source, synthetic_batch
+from mtssl.pretrained import load_run
+
+
+def weight_norms(params, initial) -> dict[str, dict[str, float]]:
+    """{"path/to/layer": {"norm", "initial", "ratio"}} over every kernel."""
+    out = {}
+    flat_now = nnx.to_flat_state(params)
+    flat_init = dict(nnx.to_flat_state(initial))
+    for path, value in flat_now:
+        if path[-1] != "kernel":
+            continue
+        now = float(np.linalg.norm(_array(value)))
+        init = float(np.linalg.norm(_array(flat_init[path])))
+        out["/".join(map(str, path[:-1]))] = {
+            "norm": now, "initial": init, "ratio": now / init if init else math.nan}
+    return out
+
+
+def colour_share(kernel: np.ndarray) -> float:
+    """Share of an (h, w, 3, c) filter bank's energy outside its grey part."""
+    kernel = _array(kernel)
+    grey = kernel.mean(axis=2, keepdims=True)
+    return float(np.sum((kernel - grey) ** 2) / max(np.sum(kernel ** 2), 1e-30))
+
+
+def tap_statistics(taps: dict[str, jax.Array], stats) -> dict[str, dict[str, float]]:
+    """Dead units and the BN running statistics' distance to a domain's own."""
+    out = {}
+    for name, x in taps.items():
+        x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        norm = stats["norms"][name] if "norms" in stats else None
+        entry = {"dead_share": float(np.mean((x > 0).sum(0) == 0))}
+        out[name] = entry
+        if norm is None or "mean" not in norm:
+            continue
+        # The tap is BatchNorm's output: undo its affine to reach its input.
+        out[name].update(_bn_gap(x, norm))
+    return out
+
+
+def _array(x) -> np.ndarray:
+    return np.asarray(x[...] if isinstance(x, nnx.Variable) else x, np.float64)
+
+
+def _bn_gap(normalised: np.ndarray, norm) -> dict[str, float]:
+    """The BN input's batch statistics against the running ones, from the
+    output y = (x - m) / s * scale + bias in inference mode: (x - m) / s =
+    (y - bias) / scale, so the input's mean offset is mean((y - bias)/scale)
+    running standard deviations and its variance ratio var((y - bias)/scale)."""
+    scale = _array(norm["scale"]) if "scale" in norm else 1.0
+    bias = _array(norm["bias"]) if "bias" in norm else 0.0
+    z = (normalised - bias) / np.where(np.abs(scale) > 1e-12, scale, 1e-12)
+    return {"mean_offset_std": float(np.mean(np.abs(z.mean(0)))),
+            "log_var_ratio": float(np.mean(np.log(np.maximum(z.var(0), 1e-12))))}
+
+
+def trivial_losses(batch: dict[str, np.ndarray], static: steps.Static) -> dict[str, float]:
+    """Each task's loss for the trivial predictor of the module docstring."""
+    valid = batch["depth"] > 0
+    log_depth = np.log(np.where(valid, batch["depth"], 1.0))
+    mean_normal = batch["normals"][valid].mean(0)
+    shape = batch["depth"].shape
+    preds = {"depth": np.full(shape, log_depth[valid].mean(), np.float32),
+             "normals": np.broadcast_to(mean_normal, (*shape, 3)).astype(np.float32),
+             "contours": np.zeros(shape, np.float32)}
+    preds = {t: preds[t] for t in static.tasks}
+    return {k: float(v) for k, v in steps.task_losses(
+        jax.tree.map(jnp.asarray, preds), jax.tree.map(jnp.asarray, batch), static).items()}
+
+
+def _across_images_variance(x: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Variance across images per pixel (and channel), averaged."""
+    x = np.asarray(x, np.float64)
+    if mask is None:
+        return float(x.var(0).mean())
+    m = mask.astype(np.float64)
+    while m.ndim < x.ndim:
+        m = m[..., None]
+    count = np.maximum(m.sum(0), 1)
+    mean = (x * m).sum(0) / count
+    var = (((x - mean) ** 2) * m).sum(0) / count
+    return float(var[(m.sum(0) > 1).squeeze()].mean()) if var.ndim else float(var)
+
+
+def input_dependence(preds_syn, batch, preds_real) -> dict[str, dict[str, float]]:
+    valid = batch["depth"] > 0
+    targets = {"depth": np.log(np.where(valid, batch["depth"], 1.0)),
+               "normals": batch["normals"], "contours": batch["contours"]}
+    probs = lambda p, t: 1 / (1 + np.exp(-p)) if t == "contours" else p   # noqa: E731
+    out = {}
+    for task, pred in preds_syn.items():
+        mask = valid if task != "contours" else None
+        entry = {
+            "prediction_var_synthetic": _across_images_variance(probs(pred, task), mask),
+            "target_var_synthetic": _across_images_variance(
+                targets[task].astype(np.float32), mask)}
+        entry["ratio_synthetic"] = (entry["prediction_var_synthetic"]
+                                    / max(entry["target_var_synthetic"], 1e-12))
+        if preds_real is not None:
+            entry["prediction_var_real"] = _across_images_variance(
+                probs(preds_real[task], task))
+            entry["ratio_real"] = (entry["prediction_var_real"]
+                                   / max(entry["target_var_synthetic"], 1e-12))
+        out[task] = entry
+    return out
+
+
+def discriminator_history(workdir: epath.Path) -> dict[str, float]:
+    path = workdir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = [r for r in rows if "d_accuracy" in r]
+    if not rows:
+        return {}
+    acc = [r["d_accuracy"] for r in rows]
+    adv = [r["loss/adversarial"] for r in rows if "loss/adversarial" in r]
+    out = {"d_accuracy_first": acc[0], "d_accuracy_max": max(acc),
+           "d_accuracy_last": acc[-1], "logged_rows": len(rows)}
+    if adv:
+        out.update(adversarial_first=adv[0], adversarial_last=adv[-1])
+    return out
+
+
+def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> dict:
+    """The report of the module docstring, as a dict."""
+    from mtssl.train import make_sources     # the run's own real domain
+
+    workdir = epath.Path(workdir)
+    config, static, state, step = load_run(workdir, step)
+    _, init = steps.create(config, config.image_size, jax.random.key(config.seed))
+    initial = jax.jit(init)(jax.random.key(config.seed))
+
+    held_out = held_out_source(config)
+    batch = synthetic_batch(held_out, np.arange(num_images), config.image_size)
+    with_real = ml_collections.ConfigDict(config.to_dict())
+    with_real.da.enabled = True         # a run without DA still has a real domain
+    real = make_sources(with_real)[1]
+    if hasattr(real, "render_batch"):
+        real_images = real.render_batch(np.arange(num_images))["image"]
+    else:
+        real_images = np.stack([real[i]["image"] for i in range(min(num_images, len(real)))])
+
+    @jax.jit
+    def forward(state, images):
+        model = nnx.merge(static.g_def, state.g_params, state.g_stats, copy=True)
+        model.eval()
+        return model(images)
+
+    def run(images):
+        return jax.device_get(forward(state, jnp.asarray(normalize_images(images))))
+
+    taps_syn, preds_syn = run(batch["image"])
+    taps_real, preds_real = run(real_images)
+    g_stats = jax.device_get(state.g_stats)["encoder"]
+    g_params = jax.device_get(state.g_params)
+    encoder_params = {**g_params["encoder"]}
+    norm_state = {"norms": {name: {**g_stats["norms"][name],
+                                   **encoder_params["norms"][name]}
+                            for name in g_stats["norms"]}} if "norms" in g_stats else {}
+
+    model_losses = {k: float(v) for k, v in steps.task_losses(
+        jax.tree.map(jnp.asarray, preds_syn), jax.tree.map(jnp.asarray, batch),
+        static).items()}
+    trivial = trivial_losses(batch, static)
+    report = {
+        "workdir": str(workdir), "step": step, "num_images": num_images,
+        "weights": {**{f"g/{k}": v for k, v in weight_norms(
+            state.g_params, initial.g_params).items()},
+                    **{f"d/{k}": v for k, v in weight_norms(
+                        state.d_params, initial.d_params).items()}},
+        "activations": {"synthetic": tap_statistics(taps_syn, norm_state),
+                        "real": tap_statistics(taps_real, norm_state)},
+        "conv1_colour_share": {
+            "now": colour_share(g_params["encoder"]["conv1"]["kernel"]),
+            "initial": colour_share(jax.device_get(initial.g_params)["encoder"]["conv1"]
+                                    ["kernel"])},
+        "discriminator": discriminator_history(workdir),
+        "tasks": {t: {"loss": model_losses[t], "trivial_loss": trivial[t],
+                      "ratio": model_losses[t] / max(trivial[t], 1e-12)}
+                  for t in static.tasks},
+        "input_dependence": input_dependence(preds_syn, batch, preds_real),
+    }
+    return report
+
+
+def summary(report: dict) -> str:
+    """A page of the report for the console."""
+    lines = [f"Diagnostics of {report['workdir']} at step {report['step']} "
+             f"({report['num_images']} images per domain)", "",
+             "| layer | weight norm | x init |", "|---|---|---|"]
+    lines += [f"| {k} | {v['norm']:.3g} | {v['ratio']:.2f} |"
+              for k, v in report["weights"].items()]
+    lines += ["", "| tap | dead syn | dead real | BN offset syn | BN offset real | "
+              "log var ratio syn | log var ratio real |", "|---|---|---|---|---|---|---|"]
+    syn, real = report["activations"]["synthetic"], report["activations"]["real"]
+    for name in syn:
+        s, r = syn[name], real[name]
+        lines.append(f"| {name} | {s['dead_share']:.2f} | {r['dead_share']:.2f} | "
+                     f"{s.get('mean_offset_std', math.nan):.2f} | "
+                     f"{r.get('mean_offset_std', math.nan):.2f} | "
+                     f"{s.get('log_var_ratio', math.nan):+.2f} | "
+                     f"{r.get('log_var_ratio', math.nan):+.2f} |")
+    c = report["conv1_colour_share"]
+    lines += ["", f"conv1 colour share: {c['now']:.2f} (initial {c['initial']:.2f})"]
+    if report["discriminator"]:
+        d = report["discriminator"]
+        lines.append(f"D accuracy: first {d['d_accuracy_first']:.2f}, max "
+                     f"{d['d_accuracy_max']:.2f}, last {d['d_accuracy_last']:.2f}")
+    lines += ["", "| task | loss | trivial | ratio | pred/target var (syn) | "
+              "pred var real / target var |", "|---|---|---|---|---|---|"]
+    for t, v in report["tasks"].items():
+        dep = report["input_dependence"][t]
+        lines.append(f"| {t} | {v['loss']:.4f} | {v['trivial_loss']:.4f} | "
+                     f"{v['ratio']:.2f} | {dep['ratio_synthetic']:.2f} | "
+                     f"{dep.get('ratio_real', math.nan):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    report = diagnose(f.workdir, num_images=f.num_images, step=f.step)
+    out = epath.Path(f.workdir) / f"diagnose_{report['step']}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(summary(report), flush=True)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A pretraining workdir (or checkpoint folder).")
+    flags.DEFINE_integer("num_images", 64, "Held-out scenes and real images to use.")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

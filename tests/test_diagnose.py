@@ -1,0 +1,57 @@
+"""Checkpoint diagnostics: each number against a case whose answer is known."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mtssl import diagnose
+
+
+def test_colour_share_and_variances_of_known_cases():
+    grey = np.ones((3, 3, 3, 2))
+    assert diagnose.colour_share(grey) == pytest.approx(0.0)
+    opponent = np.zeros((1, 1, 3, 1))
+    opponent[..., 0, 0], opponent[..., 1, 0] = 1.0, -1.0      # red minus green
+    assert diagnose.colour_share(opponent) == pytest.approx(1.0)
+    same = np.broadcast_to(np.arange(6.0).reshape(1, 2, 3), (4, 2, 3))
+    assert diagnose._across_images_variance(same) == 0.0
+    two = np.stack([np.zeros((2, 2)), np.full((2, 2), 2.0)])
+    assert diagnose._across_images_variance(two) == pytest.approx(1.0)
+    mask = np.ones((2, 2, 2), bool)
+    mask[1, 0, 0] = False      # that pixel has one valid image: left out
+    assert diagnose._across_images_variance(two, mask) == pytest.approx(1.0)
+
+
+def test_diagnose_a_checkpoint(tiny_run):
+    workdir, _ = tiny_run
+    report = diagnose.diagnose(str(workdir), num_images=4)
+    json.dumps(report)                                    # the JSON the command writes
+    assert report["step"] == 2
+    # Two Adam steps of lr 1e-3 move every G kernel a little, from the run's
+    # own initialisation.
+    conv1 = report["weights"]["g/encoder/conv1"]
+    assert conv1["ratio"] != 1.0 and conv1["ratio"] == pytest.approx(1.0, abs=0.1)
+    assert any(k.startswith("d/") for k in report["weights"])
+    assert set(report["activations"]) == {"synthetic", "real"}
+    for domain in report["activations"].values():
+        assert set(domain) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"}
+        assert all(0.0 <= v["dead_share"] <= 1.0 for v in domain.values())
+        assert all(np.isfinite(v["mean_offset_std"]) for v in domain.values())
+    share = report["conv1_colour_share"]
+    assert 0 < share["now"] < 1 and share["now"] == pytest.approx(share["initial"], abs=0.05)
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert report["discriminator"]["d_accuracy_last"] == rows[-1]["d_accuracy"]
+    # After 2 steps no head beats its trivial predictor by much, and the
+    # trivial losses are what they are by definition: e.g. contours at a
+    # constant 0.5 pay log 2 per pixel with the balanced weights.
+    for task in ("depth", "normals", "contours"):
+        t = report["tasks"][task]
+        assert t["ratio"] == pytest.approx(t["loss"] / t["trivial_loss"])
+        assert t["ratio"] > 0.5
+    assert np.log(2.0) < report["tasks"]["contours"]["trivial_loss"] < 2 * np.log(2.0)
+    for task, dep in report["input_dependence"].items():
+        assert dep["prediction_var_synthetic"] >= 0 and dep["target_var_synthetic"] > 0, task
+        assert "prediction_var_real" in dep
+    text = diagnose.summary(report)
+    assert "| g/encoder/conv1 |" in text and "| contours |" in text
