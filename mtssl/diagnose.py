@@ -80,12 +80,10 @@ def tap_statistics(taps: dict[str, jax.Array], stats) -> dict[str, dict[str, flo
     for name, x in taps.items():
         x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
         norm = stats["norms"][name] if "norms" in stats else None
-        entry = {"dead_share": float(np.mean((x > 0).sum(0) == 0))}
-        out[name] = entry
-        if norm is None or "mean" not in norm:
-            continue
-        # The tap is BatchNorm's output: undo its affine to reach its input.
-        out[name].update(_bn_gap(x, norm))
+        out[name] = {"dead_share": float(np.mean((x > 0).sum(0) == 0))}
+        if norm is not None and "mean" in norm:
+            # The tap is BatchNorm's output: undo its affine to reach its input.
+            out[name].update(_bn_gap(x, norm))
     return out
 
 
@@ -203,9 +201,8 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
     taps_real, preds_real = run(real_images)
     g_stats = jax.device_get(state.g_stats)["encoder"]
     g_params = jax.device_get(state.g_params)
-    encoder_params = {**g_params["encoder"]}
     norm_state = {"norms": {name: {**g_stats["norms"][name],
-                                   **encoder_params["norms"][name]}
+                                   **g_params["encoder"]["norms"][name]}
                             for name in g_stats["norms"]}} if "norms" in g_stats else {}
 
     model_losses = {k: float(v) for k, v in steps.task_losses(
