@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint = ""           # pretraining workdir / checkpoint dir; "" = random init
     # Architecture of the random-init baseline (ignored with a checkpoint).
     c.model = ml_collections.ConfigDict({"encoder": "alexnet", "width": 1.0, "norm": "batch"})
-    c.dataset = "tfds:voc/2007"  # photos | imagefolder:<path> | tfds:<name>
+    c.dataset = "tfds:voc/2007"  # photos | digits | imagefolder:<path> | tfds:<name>
     c.data_dir = ""             # TFDS data_dir ("" = default)
     c.train_split = "train+validation"
     c.test_split = "test"

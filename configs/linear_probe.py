@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint = ""           # pretraining workdir / checkpoint dir; "" = random init
     # Architecture of the random-init baseline (ignored with a checkpoint).
     c.model = ml_collections.ConfigDict(dict(encoder="alexnet", width=1.0, norm="batch"))
-    c.dataset = "photos"        # photos | imagefolder:<path> | tfds:<name>
+    c.dataset = "photos"        # photos | digits | imagefolder:<path> | tfds:<name>
     c.data_dir = ""             # TFDS data_dir ("" = default)
     c.train_split = "train"
     c.test_split = "test"

@@ -7,18 +7,32 @@ import os
 import pathlib
 import platform
 import resource
+import shlex
+import subprocess
+import time
 
 import jax
+import numpy as np
 
 from mtssl.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -41,3 +55,28 @@ def write_rows(rows: list[dict], out: str) -> None:
     with open(out, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"wrote {out}")
+
+
+def run_logged(command: list[str], log: pathlib.Path) -> float:
+    """Runs `command` in the repository with its output in `log`; its
+    seconds. A failure raises, naming the command and the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$", shlex.join(command), flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        result = subprocess.run(command, check=False, cwd=ROOT, stdout=f,
+                                stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def spread_cell(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
+    """A table cell: the value, or mean +- half the max-min range over seeds."""
+    if not values:
+        return "–"
+    v = np.asarray(values) * scale
+    sign = "+" if signed else ""
+    if len(v) == 1:
+        return f"{v[0]:{sign}.{digits}f}"
+    return f"{v.mean():{sign}.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"

@@ -34,14 +34,11 @@ import json
 import os
 import pathlib
 import shlex
-import subprocess
 import sys
-import time
 
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ROOT, machine
+from _common import ROOT, machine, run_logged, spread_cell
 
 # name -> (what it tests, overrides on top of configs/pretrain.py:runlocal)
 VARIANTS = {
@@ -80,17 +77,6 @@ def probe_command(probe_dir: pathlib.Path, checkpoint: str, seed: int) -> list[s
     return command
 
 
-def _run(command: list[str], log: pathlib.Path) -> float:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$", shlex.join(command), flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        result = subprocess.run(command, check=False, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode:
-        raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
 def final_eval(run_dir: pathlib.Path) -> dict[str, float]:
     """eval/... and eval_target/... of the last logged step that has them."""
     last = {}
@@ -110,14 +96,14 @@ def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
     commands, seconds = [], 0.0
     if variant == "random":
         probe = probe_command(probe_dir, "", seed)
-        seconds += _run(probe, base / "probe.log")
+        seconds += run_logged(probe, base / "probe.log")
         commands.append(probe)
         dense = {}
     else:
         pretrain = pretrain_command(run_dir, VARIANTS[variant][1], seed, steps)
-        seconds += _run(pretrain, base / "pretrain.log")
+        seconds += run_logged(pretrain, base / "pretrain.log")
         probe = probe_command(probe_dir, str(run_dir), seed)
-        seconds += _run(probe, base / "probe.log")
+        seconds += run_logged(probe, base / "probe.log")
         commands += [pretrain, probe]
         dense = final_eval(run_dir)
     probe_result = json.loads((probe_dir / "probe.json").read_text())
@@ -127,15 +113,6 @@ def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
                         for cmd in commands]}
     row_file.write_text(json.dumps(row, indent=1))
     return row
-
-
-def _cell(values: list[float], scale: float, digits: int) -> str:
-    if not values:
-        return "–"
-    v = np.asarray(values) * scale
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
 
 
 def markdown(rows: list[dict], steps: int, seeds: list[int], info: dict) -> str:
@@ -157,10 +134,10 @@ def markdown(rows: list[dict], steps: int, seeds: list[int], info: dict) -> str:
         rs = by_variant[v]
         if not rs:
             continue
-        cells = [_cell([r["probe"][layer] for r in rs], 100, 1) for layer in LAYERS]
+        cells = [spread_cell([r["probe"][layer] for r in rs], 100, 1) for layer in LAYERS]
         for prefix in ("eval/", "eval_target/"):
             for key, _, digits in DENSE:
-                cells.append(_cell([r["dense"][prefix + key] for r in rs
+                cells.append(spread_cell([r["dense"][prefix + key] for r in rs
                                     if prefix + key in r["dense"]], 1, digits))
         label = "random init (no training)" if v == "random" else f"{v}: {VARIANTS[v][0]}"
         lines.append(f"| {label} | {len(rs)} | " + " | ".join(cells) + " |")

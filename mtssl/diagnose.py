@@ -22,7 +22,12 @@ Prints a report and writes `<workdir>/diagnose_<step>.json` with:
                scenes against a trivial predictor's (the best constant log
                depth, the mean normal, a constant 0.5 contour probability,
                which is the optimum of the class-balanced loss): a ratio near
-               1 means the head learned no more than the constant;
+               1 means the head learned no more than the constant; for
+               contours also the loss of an oracle that knows the share of
+               contour pixels in every 16x16 cell (the encoder's output
+               stride) and predicts its loss-optimal probability there, which
+               is about what a head that cannot place edges within a cell can
+               reach (`contours_coarse_oracle_loss`);
   input_dependence  per task map, the variance across images of the
                predictions (mean over pixels) against that of the targets on
                held-out scenes, and the predictions' variance on real images:
@@ -46,7 +51,7 @@ from absl import app, flags, logging
 from etils import epath
 from flax import nnx
 
-from mtssl import steps
+from mtssl import losses, steps
 from mtssl.data.pipeline import normalize_images
 from mtssl.evaluate import held_out_source, synthetic_batch
 from mtssl.pretrained import load_run
@@ -115,6 +120,28 @@ def trivial_losses(batch: dict[str, np.ndarray], static: steps.Static) -> dict[s
     preds = {t: preds[t] for t in static.tasks}
     return {k: float(v) for k, v in steps.task_losses(
         jax.tree.map(jnp.asarray, preds), jax.tree.map(jnp.asarray, batch), static).items()}
+
+
+ORACLE_CELL = 16      # AlexNet's (and the dilated ResNets') output stride
+
+
+def contour_oracle_loss(contours: np.ndarray, weighting: str, cell: int = ORACLE_CELL) -> float:
+    """The contour loss of the coarse oracle of the module docstring: per
+    image, the contour share q of each cell x cell block, bilinearly
+    upsampled, turned into the logit that minimises the weighted
+    cross-entropy there, log(w_pos q / (w_neg (1 - q)))."""
+    target = jnp.asarray(contours, jnp.float32)
+    n, h, w = target.shape
+    hc, wc = -(-h // cell), -(-w // cell)
+    padded = jnp.pad(target, ((0, 0), (0, hc * cell - h), (0, wc * cell - w)), mode="edge")
+    share = padded.reshape(n, hc, cell, wc, cell).mean((2, 4))
+    share = jax.image.resize(share, (n, hc * cell, wc * cell), "linear")[:, :h, :w]
+    share = jnp.clip(share, 1e-4, 1 - 1e-4)
+    pos = target.mean((1, 2), keepdims=True)
+    w_pos, w_neg = {"reference": ((1 - pos) / jnp.maximum(pos, 1 / (h * w)), 1.0),
+                    "hed": (1 - pos, pos), "none": (1.0, 1.0)}[weighting]
+    logits = jnp.log(w_pos * share) - jnp.log(w_neg * (1 - share))
+    return float(losses.contour_loss(logits, target, weighting=weighting))
 
 
 def _across_images_variance(x: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -225,6 +252,9 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
         "tasks": {t: {"loss": model_losses[t], "trivial_loss": trivial[t],
                       "ratio": model_losses[t] / max(trivial[t], 1e-12)}
                   for t in static.tasks},
+        **({"contours_coarse_oracle_loss": contour_oracle_loss(
+            batch["contours"], static.contour_weighting)} if "contours" in static.tasks
+           else {}),
         "input_dependence": input_dependence(preds_syn, batch, preds_real),
     }
     return report
@@ -260,6 +290,9 @@ def summary(report: dict) -> str:
         lines.append(f"| {t} | {v['loss']:.4f} | {v['trivial_loss']:.4f} | "
                      f"{v['ratio']:.2f} | {dep['ratio_synthetic']:.2f} | "
                      f"{dep.get('ratio_real', math.nan):.2f} |")
+    if "contours_coarse_oracle_loss" in report:
+        lines.append(f"\ncontours: a {ORACLE_CELL}x{ORACLE_CELL}-cell oracle reaches "
+                     f"{report['contours_coarse_oracle_loss']:.4f}")
     return "\n".join(lines) + "\n"
 
 

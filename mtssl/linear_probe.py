@@ -6,8 +6,8 @@
 Contract (scripts rely on it): `--workdir` is the output directory;
 `--config.checkpoint` a pretraining workdir or checkpoint directory, or ""
 for the random-init baseline of the same architecture (`config.model`);
-`--config.dataset` is "photos" (embedded), "imagefolder:<path>" or
-"tfds:<name>". The result is `<workdir>/probe.json`:
+`--config.dataset` is "photos" or "digits" (embedded), "imagefolder:<path>"
+or "tfds:<name>". The result is `<workdir>/probe.json`:
 {"<layer>": {"accuracy": test accuracy, "val_accuracy": ..., "l2": chosen
 weight decay, "dims": feature size, "protocol": {"taps", "bn_stats",
 "grayscale"}, ["map": test mAP for multi-label sets]}}

@@ -103,6 +103,7 @@ class Static:
     weights: tuple[tuple[str, float], ...]   # task or "adversarial" -> weight
     adapt_layer: str
     domain_adaptation: bool
+    joint_disc_batch: bool     # D normalises both domains as one batch
     depth_variant: str
     contour_weighting: str
     gan: str
@@ -117,17 +118,19 @@ def _schedule(lr: float, boundaries, factor: float) -> optax.Schedule:
 
 
 def make_optimizers(optim, steps_per_epoch: int):
-    """G: Adam (lr 1e-3, betas 0.5/0.999); D: SGD momentum 0.9 with weight
-    decay 5e-4 added to the gradient (PyTorch semantics). Both decay by
+    """G: Adam (lr 1e-3, betas 0.5/0.999); D: SGD momentum 0.9 (or, with
+    `d_optimizer="adam"`, Adam with G's betas) with weight decay 5e-4 added
+    to the gradient (PyTorch semantics). Both decay by
     `lr_decay_factor` at each of `lr_decay_epochs` (the schedule the
     reference defined but never applied). Returns (g_tx, d_tx, g_schedule)."""
     boundaries = [round(e * steps_per_epoch) for e in optim.lr_decay_epochs]
     g_schedule = _schedule(optim.g_lr, boundaries, optim.lr_decay_factor)
     g_tx = optax.adam(g_schedule, b1=optim.g_b1, b2=optim.g_b2)
-    d_tx = optax.chain(
-        optax.add_decayed_weights(optim.d_weight_decay),
-        optax.sgd(_schedule(optim.d_lr, boundaries, optim.lr_decay_factor),
-                  momentum=optim.d_momentum))
+    d_schedule = _schedule(optim.d_lr, boundaries, optim.lr_decay_factor)
+    d_solver = (optax.adam(d_schedule, b1=optim.g_b1, b2=optim.g_b2)
+                if optim.d_optimizer == "adam"
+                else optax.sgd(d_schedule, momentum=optim.d_momentum))
+    d_tx = optax.chain(optax.add_decayed_weights(optim.d_weight_decay), d_solver)
     return g_tx, d_tx, g_schedule
 
 
@@ -174,6 +177,7 @@ def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
     static = Static(g_def=g_def, d_def=d_def, g_tx=g_tx, d_tx=d_tx, tasks=tasks,
                     weights=weights, adapt_layer=adapt,
                     domain_adaptation=bool(config.da.enabled),
+                    joint_disc_batch=config.da.disc_batch == "joint",
                     depth_variant=config.loss.depth_variant,
                     contour_weighting=config.loss.contour_weighting,
                     gan=config.loss.gan, g_lr=g_schedule)
@@ -213,6 +217,15 @@ def task_losses(preds, batch, static: Static) -> dict[str, jax.Array]:
     return out
 
 
+def _discriminate(disc, synthetic, real, static: Static):
+    """D's logits on both domains: two passes (per-domain batch statistics)
+    or, with `static.joint_disc_batch`, one pass over both."""
+    if not static.joint_disc_batch:
+        return disc(synthetic), disc(real)
+    logits = disc(jnp.concatenate([synthetic, real.astype(synthetic.dtype)]))
+    return logits[:synthetic.shape[0]], logits[synthetic.shape[0]:]
+
+
 def train_step(state: TrainState, batch, *, static: Static):
     """One D update then one G update. batch: {"synthetic": {...}, "real": {...}}
     with float `image`s (N, H, W, 3) already normalised (or, with
@@ -248,8 +261,7 @@ def train_step(state: TrainState, batch, *, static: Static):
 
         def d_loss_fn(d_params, d_stats):
             disc = nnx.merge(static.d_def, d_params, d_stats, copy=True)
-            logits_syn = disc(d_in_syn)
-            logits_real = disc(d_in_real)
+            logits_syn, logits_real = _discriminate(disc, d_in_syn, d_in_real, static)
             loss = losses.discriminator_loss(logits_syn, logits_real, static.gan)
             acc = losses.discriminator_accuracy(logits_syn, logits_real, static.gan)
             return loss, (acc, nnx.state(disc, nnx.BatchStat))
@@ -267,7 +279,8 @@ def train_step(state: TrainState, batch, *, static: Static):
             # Through the updated D, whose statistics stay as they are: D is
             # only read here.
             disc = nnx.merge(static.d_def, d_params, d_stats, copy=True)
-            adv = losses.adversarial_loss(disc(feat), static.gan)
+            logits_syn, _ = _discriminate(disc, feat, d_in_real, static)
+            adv = losses.adversarial_loss(logits_syn, static.gan)
             per_task["adversarial"] = adv
             total = total + weights["adversarial"] * adv
         return total, per_task

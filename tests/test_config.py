@@ -51,6 +51,8 @@ def test_unknown_key_names_the_valid_keys_of_its_section():
     ("real.source", "places365", "package, imagefolder:<path>, tfds:<name>"),
     ("real.source", "tfds:", "package, imagefolder:<path>, tfds:<name>"),
     ("synthetic.source", "folder", "render, folder:<path>"),
+    ("optim.d_optimizer", "rmsprop", "sgd, adam"),
+    ("da.disc_batch", "mixed", "per_domain, joint"),
 ])
 def test_bad_values_name_the_choices(path, value, names):
     c = defaults()

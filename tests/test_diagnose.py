@@ -23,6 +23,21 @@ def test_colour_share_and_variances_of_known_cases():
     assert diagnose._across_images_variance(two, mask) == pytest.approx(1.0)
 
 
+def test_contour_oracle_is_exact_at_cell_one_and_trivial_at_image_size():
+    rng = np.random.default_rng(0)
+    contours = rng.random((3, 32, 32)) < 0.1
+    for weighting in ("reference", "hed", "none"):
+        exact = diagnose.contour_oracle_loss(contours, weighting, cell=1)
+        whole = diagnose.contour_oracle_loss(contours, weighting, cell=32)
+        coarse = diagnose.contour_oracle_loss(contours, weighting, cell=8)
+        assert exact < 1e-3 < coarse <= whole, weighting
+    # One cell per image: the per-image constant; with the reference weights
+    # that is probability 0.5, i.e. log 2 per pixel, twice over the balance.
+    share = contours.mean((1, 2))
+    assert diagnose.contour_oracle_loss(contours, "reference", cell=32) == pytest.approx(
+        np.mean(2 * (1 - share) * np.log(2.0)), rel=1e-3)
+
+
 def test_diagnose_a_checkpoint(tiny_run):
     workdir, _ = tiny_run
     report = diagnose.diagnose(str(workdir), num_images=4)
@@ -53,5 +68,6 @@ def test_diagnose_a_checkpoint(tiny_run):
     for task, dep in report["input_dependence"].items():
         assert dep["prediction_var_synthetic"] >= 0 and dep["target_var_synthetic"] > 0, task
         assert "prediction_var_real" in dep
+    assert 0 < report["contours_coarse_oracle_loss"] < report["tasks"]["contours"]["trivial_loss"]
     text = diagnose.summary(report)
     assert "| g/encoder/conv1 |" in text and "| contours |" in text

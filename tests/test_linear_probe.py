@@ -52,8 +52,29 @@ def test_photo_crops_are_labelled_and_disjoint():
     a, b = train[13], test[13]
     assert a["label"] == b["label"] == 1 and a["image"].shape == (32, 32, 3)
     assert not np.array_equal(a["image"], b["image"])
-    with pytest.raises(ValueError, match="photos, imagefolder:<path>, tfds:<name>"):
+    with pytest.raises(ValueError, match="photos, digits, imagefolder:<path>, tfds:<name>"):
         make_labeled("places", "train", resolution=32)
+
+
+def test_digits_are_the_bundled_handwritten_digits_split_in_halves():
+    from sklearn.datasets import load_digits
+    train = make_labeled("digits", "train", resolution=16)
+    test = make_labeled("digits", "test", resolution=16)
+    assert (len(train), len(test)) == (898, 899) and train.class_names[3] == "3"
+    # Every image once, in one split only, with its label; 0..16 -> 0..255.
+    digits = load_digits()
+    images = np.concatenate([train.images, test.images]).reshape(len(digits.target), -1)
+    labels = np.concatenate([train.labels, test.labels])
+    order = np.lexsort(images.T)
+    reference = np.round(digits.images.reshape(len(digits.target), -1) * 255 / 16)
+    ref_order = np.lexsort(reference.T)
+    np.testing.assert_array_equal(images[order], reference[ref_order])
+    np.testing.assert_array_equal(labels[order], digits.target[ref_order])
+    sample = test[5]
+    assert sample["image"].shape == (16, 16, 3) and sample["label"] == test.labels[5]
+    assert (sample["image"][..., 0] == sample["image"][..., 2]).all()     # grey
+    # Bright strokes on black, as shipped.
+    assert sample["image"].max() > 200 and sample["image"].min() == 0
 
 
 def test_tfds_classification_and_multilabel_through_mock_data():

@@ -175,13 +175,17 @@ def test_object_bounds_contain_every_visible_object_point(batch):
             assert np.all(p >= bounds[j, 0] - 1e-3) and np.all(p <= bounds[j, 1] + 1e-3)
 
 
-def test_culling_changes_no_pixel_of_geometry(source):
-    """Culled (one image at a time) and brute-force (vmapped) renders agree."""
-    culled = SyntheticScenes(resolution=32, seed=3, cull=True).render_batch(range(4))
-    brute = SyntheticScenes(resolution=32, seed=3, cull=False).render_batch(range(4))
+def test_culling_changes_no_pixel_of_geometry(source, batch):
+    """Culled (the session's renderer) and brute-force (vmapped) renders agree."""
+    culled = {k: v[:4] for k, v in batch.items()}
+    brute = SyntheticScenes(resolution=source.resolution, seed=source.seed,
+                            num_records=source.num_records,
+                            cull=False).render_batch(range(4))
     np.testing.assert_array_equal(culled["instances"], brute["instances"])
     np.testing.assert_array_equal(culled["contours"], brute["contours"])
-    np.testing.assert_allclose(culled["depth"], brute["depth"], rtol=1e-5)
+    # Depth to float32 rounding (the two paths associate the ray maths
+    # differently: 64 px renders differ by up to 1.4e-5 relative).
+    np.testing.assert_allclose(culled["depth"], brute["depth"], rtol=5e-5)
     np.testing.assert_allclose(culled["normals"], brute["normals"], atol=1e-4)
     # Colours may differ by rounding at the last bit of float maths.
     assert np.mean(culled["image"] != brute["image"]) < 0.01

@@ -1,5 +1,6 @@
 """The train step: pools, separate optimizers, stop-gradient, learning, sharding."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -7,9 +8,9 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from helpers import ROOT, step_config
 
@@ -29,15 +30,32 @@ def batch(source):
             "real": {"image": image(real)}}
 
 
-def run(config, batch, n_steps, seed=0):
-    static, init = steps.create(config, RES, jax.random.key(seed))
+def run(config, batch, n_steps, seed=0, steps_per_epoch=1):
+    """(final state, per-step metrics, per-step mean |change| of G's params)."""
+    static, init = steps.create(config, RES, jax.random.key(seed), steps_per_epoch)
     state = jax.jit(init)(jax.random.key(seed))
     step = jax.jit(lambda s, b: steps.train_step(s, b, static=static))
-    history = []
+    history, moves = [], []
     for _ in range(n_steps):
+        before = jax.device_get(state.g_params)
         state, metrics = step(state, batch)
         history.append(jax.device_get(metrics))
-    return state, history
+        moves.append(np.mean([np.abs(a - b).mean() for a, b in zip(
+            jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.g_params)))]))
+    return state, history, moves
+
+
+# Runs several tests read (one compiled step each).
+@pytest.fixture(scope="module")
+def default_run(batch):
+    return run(step_config(), batch, 25)
+
+
+@pytest.fixture(scope="module")
+def no_da_run(batch):
+    """Without DA, with learning-rate decays at epochs 1 and 1.5 of 2 steps."""
+    cfg = step_config(**{"optim.lr_decay_epochs": (1.0, 1.5), "da.enabled": False})
+    return run(cfg, batch, 4, steps_per_epoch=2)
 
 
 def _changed(a, b):
@@ -66,6 +84,26 @@ def test_feature_pool_fills_then_swaps_half():
     assert 20 < swapped < 60        # about half of 80 queries
 
 
+def test_joint_disc_batch_lets_d_see_a_shift_between_the_domains():
+    """Per-domain BatchNorm in D (the reference) erases any per-channel offset
+    between the domains' features before D's first non-linearity, so D
+    scores a shifted real batch exactly as the unshifted one; one joint batch
+    keeps the offset visible."""
+    from mtssl.models import PatchDiscriminator
+    disc = PatchDiscriminator(8, width=1 / 32, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    synthetic, real = (jnp.asarray(rng.normal(size=(4, 5, 5, 8)), jnp.float32)
+                       for _ in range(2))
+    offset = jnp.asarray(rng.normal(size=(8,)) * 3.0, jnp.float32)
+    for joint, moves in ((False, False), (True, True)):
+        static = dataclasses.make_dataclass("S", ["joint_disc_batch"])(joint)
+        _, plain = steps._discriminate(disc, synthetic, real, static)
+        shifted_syn, shifted = steps._discriminate(disc, synthetic, real + offset, static)
+        assert shifted_syn.shape == (4, 2, 2)
+        change = float(jnp.max(jnp.abs(shifted - plain)))
+        assert (change > 0.1) if moves else (change < 1e-4), (joint, change)
+
+
 def test_each_network_moves_only_under_its_own_loss(batch):
     cfg = step_config()
     for k in ("depth", "normals", "contours", "adversarial"):
@@ -88,19 +126,19 @@ def test_each_network_moves_only_under_its_own_loss(batch):
     assert not _changed(state0.d_params, state1.d_params)
 
 
-def test_without_domain_adaptation_there_is_no_discriminator_step(batch):
-    state, history = run(step_config(**{"da.enabled": False}), batch, 1)
-    assert "d_loss" not in history[0] and "loss/adversarial" not in history[0]
+def test_without_domain_adaptation_there_is_no_discriminator_step(no_da_run):
+    state, history, _ = no_da_run
+    assert all("d_loss" not in h and "loss/adversarial" not in h for h in history)
     assert int(state.pool_synthetic.count) == 0
 
 
-def test_task_losses_fall(batch):
-    _, history = run(step_config(), batch, 25)
+def test_task_losses_fall(default_run):
+    state, history, _ = default_run
     first, last = history[0], history[-1]
     for task in ("depth", "normals", "contours"):
         assert last[f"loss/{task}"] < 0.9 * first[f"loss/{task}"], task
     assert all(np.isfinite(h["g_loss"]) and np.isfinite(h["d_loss"]) for h in history)
-    assert int(jax.device_get(run(step_config(), batch, 2)[0].step)) == 2
+    assert int(jax.device_get(state.step)) == 25
 
 
 def test_bad_adapt_layer_names_the_choices():
@@ -173,20 +211,11 @@ def test_one_device_and_eight_devices_train_alike(tmp_path):
     assert "OK" in proc.stdout
 
 
-def test_lr_schedule_decays_at_the_configured_epochs(batch):
-    cfg = step_config(**{"optim.lr_decay_epochs": (1.0, 1.5), "da.enabled": False})
-    static, init = steps.create(cfg, RES, jax.random.key(0), steps_per_epoch=2)
-    state = jax.jit(init)(jax.random.key(0))
-    step = jax.jit(lambda s, b: steps.train_step(s, b, static=static))
-    lrs, moves = [], []
-    for _ in range(4):
-        before = jax.device_get(state.g_params)
-        state, metrics = step(state, batch)
-        lrs.append(float(metrics["g_lr"]))
-        moves.append(np.mean([np.abs(a - b).mean() for a, b in zip(
-            jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.g_params)))]))
+def test_lr_schedule_decays_at_the_configured_epochs(no_da_run):
+    _, history, moves = no_da_run
     # Steps 0, 1 at 1e-3; x0.1 from step 2 (epoch 1) and again from step 3.
-    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
+    np.testing.assert_allclose([float(h["g_lr"]) for h in history],
+                               [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
     # And Adam really takes the smaller steps (its step is about lr per weight).
     assert moves[2] < 0.3 * moves[1] and moves[3] < 0.3 * moves[2]
 
@@ -211,9 +240,9 @@ def test_adversarial_gradient_reaches_the_encoder_up_to_the_adapted_layer(batch)
     assert not _changed(state0.g_params["heads"], state1.g_params["heads"])
 
 
-def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(batch):
-    _, f32 = run(step_config(), batch, 1)
-    bf16_state, bf16 = run(step_config(**{"model.dtype": "bfloat16"}), batch, 1)
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(batch, default_run):
+    f32 = default_run[1]
+    bf16_state, bf16, _ = run(step_config(**{"model.dtype": "bfloat16"}), batch, 1)
     for tree in (bf16_state.g_params, bf16_state.g_stats, bf16_state.d_params,
                  bf16_state.g_opt, bf16_state.pool_synthetic.features):
         assert {x.dtype for x in jax.tree.leaves(tree)

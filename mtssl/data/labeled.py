@@ -13,6 +13,9 @@ string:
                        bundled photographs a crop comes from; train crops
                        are drawn from the left 55% of each photo, test crops
                        from the right 45%, so no test pixel is ever trained on
+  "digits"             scikit-learn's bundled handwritten digits (UCI optdigits
+                       test set: 1,797 8x8 images of 10 classes, 0..16 grey
+                       levels), upscaled; a fixed shuffle splits it in halves
   "imagefolder:<path>" one sub-folder per class; either <path>/train and
                        <path>/test (split = sub-folder) or one folder split
                        by a stable hash of each file name (`test_fraction`)
@@ -32,7 +35,7 @@ import numpy as np
 from mtssl.classification import IGNORE
 from mtssl.data import real
 
-DATASETS = ("photos", "imagefolder:<path>", "tfds:<name>")
+DATASETS = ("photos", "digits", "imagefolder:<path>", "tfds:<name>")
 
 
 class _Labeled(real._CroppedImages):
@@ -81,6 +84,41 @@ class PhotoCrops(_Labeled):
         photo = real._photo(self.class_names[label])
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
         return (photo[:, :cut] if self.split == "train" else photo[:, cut:]), np.int32(label)
+
+
+class Digits(_Labeled):
+    """scikit-learn's handwritten digits: a second embedded real dataset whose
+    labels (shapes drawn by hand) have nothing to do with the photos task's
+    (which photograph, so colour and texture). Each 8x8 image is scaled to
+    `resolution` with the crop's resize; grey levels are stretched to 0..255."""
+
+    def __init__(self, *, split: str = "train", resolution: int = 64, seed: int = 0,
+                 crop: str = "center_crop"):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise ImportError("dataset 'digits' needs scikit-learn "
+                              "(pip install scikit-learn)") from err
+        super().__init__(resolution, seed, crop, 1.0)
+        digits = load_digits()
+        # The split is fixed (not the probe's seed): every encoder is scored
+        # on the same test images.
+        order = np.random.default_rng(0).permutation(len(digits.target))
+        half = len(order) // 2
+        keep = order[:half] if split == "train" else order[half:]
+        self.images = np.round(digits.images[keep] * (255.0 / 16.0)).astype(np.uint8)
+        self.labels = digits.target[keep].astype(np.int32)
+        self.class_names = tuple(str(d) for d in digits.target_names)
+        self.multilabel = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.repeat(self.images[int(index)][..., None], 3, axis=-1),
+                self.labels[int(index)])
 
 
 def _in_test_split(name: str, fraction: float) -> bool:
@@ -176,6 +214,8 @@ def make_labeled(spec: str, split: str, *, resolution: int, seed: int = 0,
     if kind == "photos" and not arg:
         return PhotoCrops(split=split, num_records=num_records, resolution=resolution,
                           seed=seed)
+    if kind == "digits" and not arg:
+        return Digits(split=split, resolution=resolution, seed=seed, crop=crop)
     if kind == "imagefolder" and arg:
         return LabeledFolder(root=arg, split=split, resolution=resolution, seed=seed,
                              crop=crop, test_fraction=test_fraction)

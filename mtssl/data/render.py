@@ -23,6 +23,7 @@ to pixel coordinates with pixel centres at integer + 0.5.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -371,6 +372,55 @@ def _parity(x):
     return jnp.floor(x) - 2.0 * jnp.floor(0.5 * x)
 
 
+# scikit-image's bundled photographs that none of the project's real data
+# uses (`real.PHOTOS` are the real domain and the probe's task), cut into
+# square tiles for the "photo" texture.
+PHOTO_TEXTURE_SOURCES = ("retina", "clock", "cell", "page", "stereo_motorcycle")
+_PHOTO_TILE = 48
+_PHOTO_TILES_PER_SOURCE = 8
+# Metres of surface per photo tile, times the material's pattern frequency.
+_PHOTO_TILE_PERIODS = 4.0
+
+
+@functools.cache
+def photo_atlas() -> np.ndarray:
+    """(tiles, 48, 48, 3) float32 linear-RGB albedos: fixed crops (a third to
+    two thirds of each photo's short side) of `PHOTO_TEXTURE_SOURCES`."""
+    import skimage.data  # only the photo texture needs it
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    tiles = []
+    for name in PHOTO_TEXTURE_SOURCES:
+        photo = getattr(skimage.data, name)()
+        photo = photo[0] if isinstance(photo, tuple) else photo   # stereo: the left view
+        photo = np.repeat(photo[..., None], 3, -1) if photo.ndim == 2 else photo[..., :3]
+        h, w = photo.shape[:2]
+        for _ in range(_PHOTO_TILES_PER_SOURCE):
+            side = int(min(h, w) * rng.uniform(1 / 3, 2 / 3))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            tile = Image.fromarray(photo[top:top + side, left:left + side]).resize(
+                (_PHOTO_TILE, _PHOTO_TILE), Image.BILINEAR)
+            tiles.append(np.asarray(tile, np.float32) / 255.0)
+    # Albedos stay below 0.9, like the procedural palettes' brightest values.
+    return (0.9 * np.stack(tiles) ** 2.2).astype(np.float32)
+
+
+def _photo_albedo(seed, ru, rv):
+    """The photo texture at pattern coordinates (ru, rv): tile `seed % tiles`,
+    repeated every `_PHOTO_TILE_PERIODS` pattern periods (nearest texel)."""
+    atlas = jnp.asarray(photo_atlas())
+    tiles, size = atlas.shape[:2]
+    tile = (seed % tiles).astype(jnp.int32)
+
+    def texel(x):
+        x = x / _PHOTO_TILE_PERIODS
+        return jnp.clip(jnp.floor((x - jnp.floor(x)) * size), 0, size - 1).astype(jnp.int32)
+
+    rgb = atlas[tile, texel(rv), texel(ru)]
+    return rgb[..., 0], rgb[..., 1], rgb[..., 2]
+
+
 def albedo(materials: sc.Materials, part, local, axis, footprint):
     """Procedural texture colour (3-tuple) at `local` (surface-frame point).
 
@@ -406,7 +456,16 @@ def albedo(materials: sc.Materials, part, local, axis, footprint):
     # `footprint` fades to its mean (0.5 mix) as footprint * freq -> 1.
     detail = jnp.where(tex == 5, 1.0, jnp.clip(1.5 - 2.0 * footprint * freq, 0.0, 1.0))
     mix = jnp.where(tex == 0, 0.0, 0.5 + (mix - 0.5) * detail)
-    return tuple(a + (b - a) * mix for a, b in zip(ca, cb))
+    colour = tuple(a + (b - a) * mix for a, b in zip(ca, cb))
+    photo = sc.TEXTURES.index("photo")
+
+    def with_photos():
+        return tuple(jnp.where(tex == photo, p, c)
+                     for p, c in zip(_photo_albedo(seed, ru, rv), colour))
+
+    # A real branch: scenes without photo textures (the training domain)
+    # never gather from the atlas.
+    return jax.lax.cond(jnp.any(tex == photo), with_photos, lambda: colour)
 
 
 def shade(scene: sc.Scene, o, d, t, part, cfg: RenderConfig, visible=None):

@@ -69,8 +69,11 @@ KIND_SLOTS = {
     "barrel": (0, 1, 0), "lamp": (0, 2, 1), "round_table": (0, 2, 0),
 }
 
-# Texture kinds understood by the shader.
-TEXTURES = ("solid", "stripes", "checker", "noise", "wood", "gradient")
+# Texture kinds understood by the shader. The procedural ones are the
+# training distribution; "photo" maps tiles of real photographs onto surfaces
+# (`render.photo_atlas`), for the target domain.
+PROCEDURAL_TEXTURES = ("solid", "stripes", "checker", "noise", "wood", "gradient")
+TEXTURES = PROCEDURAL_TEXTURES + ("photo",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +99,7 @@ class SceneConfig:
     # is a deliberately different one for measuring domain adaptation).
     saturation: tuple[float, float] = (0.0, 0.75)   # albedo HSV saturation
     value: tuple[float, float] = (0.15, 0.95)       # albedo HSV value
-    textures: tuple[str, ...] = TEXTURES            # allowed texture kinds
+    textures: tuple[str, ...] = PROCEDURAL_TEXTURES  # allowed texture kinds
     light_tint: float = 0.25          # per-channel light colour spread
     noise_probability: float = 0.5    # share of images with sensor noise
     noise_std: tuple[float, float] = (0.0, 0.03)
@@ -117,13 +120,13 @@ class SceneConfig:
                 f"{self.min_lights}, {self.max_lights}")
 
 
-# A deliberately different appearance over the same geometry: the procedural
-# "target" domain whose labels are never trained on (see mtssl.config,
-# real.source="target"): saturated colours, only hard-edged textures, strongly
-# tinted and brighter lighting, always noisy, mostly blurred.
+# A deliberately different appearance over the same geometry: the "target"
+# domain whose labels are never trained on (see mtssl.config,
+# real.source="target"): every surface textured with tiles of real
+# photographs (none of them the probe's or the real domain's photos),
+# strongly tinted and brighter lighting, always noisy, mostly blurred.
 TARGET_APPEARANCE = {
-    "saturation": (0.45, 1.0), "value": (0.35, 1.0),
-    "textures": ("stripes", "checker", "gradient"), "light_tint": 0.6,
+    "textures": ("photo",), "light_tint": 0.6,
     "noise_probability": 1.0, "noise_std": (0.02, 0.06), "blur_probability": 0.7,
     "ambient": (0.25, 0.45)}
 
