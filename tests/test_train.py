@@ -186,7 +186,7 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
     """SIGKILL at an arbitrary step, then SIGTERM (preemption) of the resumed
     run, then the same command to the end: every logged loss and, on CPU,
     every parameter and optimizer bit equal an uninterrupted run's."""
-    total = 48
+    total = 30
     overrides = {**TINY, "num_steps": total, "log.every_steps": 1, "eval.every_steps": 0,
                  "log.images_every_steps": 0, "checkpoint.every_steps": 5}
     args = command(tmp_path, overrides)
