@@ -185,8 +185,8 @@ def test_culling_changes_no_pixel_of_geometry(source, batch):
     np.testing.assert_array_equal(culled["contours"], brute["contours"])
     # Depth to float32 rounding (the two paths associate the ray maths
     # differently: 64 px renders differ by up to 1.4e-5 relative), and normals
-    # to that rounding divided by a thin cylinder's radius (a lamp's pole:
-    # 1.6e-3, a tenth of a degree, at two of 16k pixels).
+    # to that rounding times a small curved part's curvature (1.6e-3, a tenth
+    # of a degree, at two pixels of one curved object out of 16k).
     np.testing.assert_allclose(culled["depth"], brute["depth"], rtol=5e-5)
     np.testing.assert_allclose(culled["normals"], brute["normals"], atol=5e-3)
     assert np.mean(np.abs(culled["normals"] - brute["normals"]) > 1e-4) < 1e-3
