@@ -9,6 +9,7 @@ import platform
 import resource
 import shlex
 import subprocess
+import sys
 import time
 
 import jax
@@ -55,6 +56,11 @@ def write_rows(rows: list[dict], out: str) -> None:
     with open(out, "w") as f:
         json.dump(rows, f, indent=1)
     print(f"wrote {out}")
+
+
+def printable(command: list[str]) -> str:
+    """A command as one shell line, with `python` for this interpreter."""
+    return shlex.join(["python" if part == sys.executable else part for part in command])
 
 
 def run_logged(command: list[str], log: pathlib.Path) -> float:

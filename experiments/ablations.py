@@ -33,12 +33,11 @@ import datetime
 import json
 import os
 import pathlib
-import shlex
 import sys
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ROOT, machine, run_logged, spread_cell
+from _common import ROOT, machine, printable, run_logged, spread_cell
 
 # name -> (what it tests, overrides on top of configs/pretrain.py:runlocal)
 VARIANTS = {
@@ -109,8 +108,7 @@ def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
     probe_result = json.loads((probe_dir / "probe.json").read_text())
     row = {"variant": variant, "seed": seed, "steps": steps, "seconds": seconds,
            "probe": {k: v["accuracy"] for k, v in probe_result.items()}, "dense": dense,
-           "commands": [shlex.join([c if c != sys.executable else "python" for c in cmd])
-                        for cmd in commands]}
+           "commands": [printable(cmd) for cmd in commands]}
     row_file.write_text(json.dumps(row, indent=1))
     return row
 

@@ -30,13 +30,12 @@ import datetime
 import json
 import os
 import pathlib
-import shlex
 import sys
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ROOT, load_config, machine, run_logged, spread_cell
+from _common import ROOT, load_config, machine, printable, run_logged, spread_cell
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -59,10 +58,6 @@ def probe_command(probe_dir: pathlib.Path, checkpoint: str, dataset: str, seed: 
     if not checkpoint:   # random init: the run's architecture at its input size
         command += [f"--config.{k}={v}" for k, v in architecture.items()]
     return command
-
-
-def printable(command: list[str]) -> str:
-    return shlex.join(["python" if c == sys.executable else c for c in command])
 
 
 def curve(args) -> list[dict]:
