@@ -47,6 +47,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_decay_every = 10_000   # steps; x lr_decay_factor each time
     c.lr_decay_factor = 0.5
     c.dropout = 0.5             # before the classifier
+    # Weight scale of the starting network. Every encoder conv is followed by a
+    # norm layer, so rescaling it keeps the function and sets its effective
+    # learning rate (~ lr / ||W||^2): "init_norm" gives each conv its norm at
+    # random init (pretraining grows them 1.2-1.5x; a no-op for random init);
+    # "change_rate" is Krähenbühl et al.'s calibration (every layer at one
+    # relative speed, as their VOC protocol rescales pretrained models);
+    # "none" fine-tunes the weights as they are. Measured: README.
+    c.rescale = "init_norm"
+    c.rescale_batches = 10      # training batches the gradients are measured on
     c.max_train_examples = -1   # > 0: a prefix of the training split
     c.max_test_examples = -1
     c.log_every = 50

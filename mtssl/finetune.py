@@ -10,7 +10,11 @@ its `head_input` layer (fc7 for AlexNet, conv5 for ResNets), then ReLU,
 global average pooling, dropout and a new linear classifier; every layer is
 trained (SGD with momentum, step decay, gradient clipping, the new layer at
 `classifier_lr_multiplier` x the rate); BatchNorm layers use batch
-statistics while training and their running averages at test time.
+statistics while training and their running averages at test time. Before
+the first step the encoder convs are rescaled (`rescale`: to their norms at
+random init by default, or Krähenbühl et al.'s change-rate calibration):
+the training-mode function stays the same, the effective learning rates
+change; running statistics are re-estimated by fine-tuning itself.
 
 Training crops are random-scale square crops with random flips, drawn anew
 every epoch (grain, `load_example` of the labelled source); test images are
@@ -143,21 +147,97 @@ def create(config, encoder, num_classes: int, multilabel: bool, image_size: int)
     return static, state
 
 
+def initial_encoder_params(encoder, config):
+    """The parameters of a random init of `encoder`'s architecture, laid out
+    as in the Classifier's parameters."""
+    return {"encoder": random_encoder(encoder.config, seed=config.seed).params}
+
+
+def training_loss(params, stats, batch: dict[str, jax.Array], key: jax.Array, *,
+                  static: Static):
+    """(loss, updated BatchNorm statistics) of one training batch."""
+    model = nnx.merge(static.graphdef, params, stats, copy=True)
+    model.train()
+    logits = model(batch["image"], dropout_key=key, rate=static.dropout)
+    loss = classification_loss(logits, batch["label"], static.multilabel)
+    return loss, nnx.state(model, nnx.BatchStat)
+
+
 def train_step(state: FinetuneState, batch: dict[str, jax.Array], *, static: Static):
     key = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        model = nnx.merge(static.graphdef, params, state.stats, copy=True)
-        model.train()
-        logits = model(batch["image"], dropout_key=key, rate=static.dropout)
-        loss = classification_loss(logits, batch["label"], static.multilabel)
-        return loss, nnx.state(model, nnx.BatchStat)
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, stats), grads = jax.value_and_grad(training_loss, has_aux=True)(
+        state.params, state.stats, batch, key, static=static)
     updates, opt = static.tx.update(grads, state.opt, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, stats=stats, opt=opt), metrics
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _conv_group(path) -> str | None:
+    """The encoder convolution a parameter belongs to (its kernel and, before
+    a GroupNorm, its bias), or None for norm parameters and the classifier."""
+    keys = [name for k in path if (name := _key_name(k)) != "value"]
+    if keys[0] != "encoder" or keys[-1] not in ("kernel", "bias") or any(
+            "norm" in k for k in keys):
+        return None
+    return "/".join(keys[1:-1])
+
+
+def conv_squared_norms(tree) -> dict[str, jax.Array]:
+    """Per encoder convolution: the squared norm of its parameters in `tree`
+    (parameters or their gradients)."""
+    total: dict[str, jax.Array] = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if (group := _conv_group(path)) is not None:
+            total[group] = total.get(group, 0.0) + jnp.sum(jnp.square(x.astype(jnp.float32)))
+    return total
+
+
+def squared_gradient_norms(state: FinetuneState, batch: dict[str, jax.Array], *,
+                           static: Static) -> dict[str, jax.Array]:
+    """Per encoder convolution: ||dL/dW||^2 on one batch (training mode)."""
+    grads = jax.grad(lambda p: training_loss(p, state.stats, batch, state.rng,
+                                             static=static)[0])(state.params)
+    return conv_squared_norms(grads)
+
+
+def scale_convs(params, factors: dict[str, float]):
+    """`params` with each encoder convolution's parameters times its factor.
+    Every one is followed by a norm layer, so the network computes the same
+    function (up to the norm's epsilon); what changes is its effective
+    learning rate, about lr / ||W||^2 under SGD (van Laarhoven 2017)."""
+    def scale(path, w):
+        group = _conv_group(path)
+        return w if group is None else w * jnp.asarray(factors[group], w.dtype)
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def init_norm_factors(params, initial_params) -> dict[str, float]:
+    """Factors that give each convolution the norm it has at random
+    initialisation (`initial_params`: the same architecture's), so a trained
+    encoder starts fine-tuning at the effective learning rate of a random
+    one; for a random encoder they are 1."""
+    now, then = conv_squared_norms(params), conv_squared_norms(initial_params)
+    return {g: float(np.sqrt(then[g] / now[g])) for g in now}
+
+
+def change_rate_factors(params, gradient_sq: dict[str, float]) -> dict[str, float]:
+    """Krähenbühl et al. (ICLR 2016), between-layer scale adjustment, for
+    normalised networks: scaling a convolution by a scales its gradient by
+    1/a and its change rate C = E||dL/dW||^2 / ||W||^2 by 1/a^4, and leaves
+    the other layers' gradients as they are, so one pass suffices: each is
+    scaled to the geometric mean of C over all of them."""
+    weights_sq = {g: float(v) for g, v in conv_squared_norms(params).items()}
+    rates = {g: gradient_sq[g] / weights_sq[g] for g in weights_sq}
+    target = float(np.exp(np.mean(np.log(list(rates.values())))))
+    return {g: (rate / target) ** 0.25 for g, rate in rates.items()}
 
 
 def predict_probabilities(state: FinetuneState, images: jax.Array, *, static: Static):
@@ -209,14 +289,21 @@ def _limit(n: int, limit: int) -> int:
     return n if limit <= 0 else min(n, limit)
 
 
-def train_dataset(source, config, image_size: int, local_batch: int) -> grain.MapDataset:
+def train_dataset(source, config, image_size: int, local_batch: int,
+                  seed: int | None = None) -> grain.MapDataset:
     """This process's endless stream of augmented training batches."""
+    seed = config.seed if seed is None else seed
     n = _limit(len(source), config.max_train_examples)
     indices = grain.MapDataset.range(n)[jax.process_index()::jax.process_count()]
-    return (indices.shuffle(seed=config.seed).repeat()
+    return (indices.shuffle(seed=seed).repeat()
             .random_map(RandomScaleCrop(source, image_size, config.min_scale),
-                        seed=config.seed + 1)
+                        seed=seed + 1)
             .batch(local_batch, drop_remainder=True))
+
+
+def global_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    return local_to_global({"image": normalize_images(batch["image"]),
+                            "label": batch["label"]}, sharding)
 
 
 def evaluate(predict, state, source, config, image_size: int, sharding) -> dict[str, Any]:
@@ -253,8 +340,37 @@ def evaluate(predict, state, source, config, image_size: int, sharding) -> dict[
     return {"accuracy": float((scores.argmax(-1) == labels).mean()), "test_examples": n}
 
 
+def rescaled(state: FinetuneState, static: Static, initial_params, source, config,
+             image_size: int, local_batch: int, sharding) -> FinetuneState:
+    """`state` with its encoder convolutions rescaled as `config.rescale`
+    says: "init_norm" to the norms of `initial_params` (a random init of the
+    same architecture); "change_rate" by Krähenbühl's calibration, the
+    gradients measured on `config.rescale_batches` training batches of their
+    own random stream."""
+    if config.rescale == "init_norm":
+        factors = init_norm_factors(state.params, initial_params)
+    else:
+        measure = jax.jit(lambda s, b: squared_gradient_norms(s, b, static=static))
+        batches = iter(train_dataset(source, config, image_size, local_batch,
+                                     seed=config.seed + 7))
+        total: dict[str, float] = {}
+        for _ in range(config.rescale_batches):
+            sq = jax.device_get(measure(state, global_batch(next(batches), sharding)))
+            total = {g: total.get(g, 0.0) + float(v) for g, v in sq.items()}
+        factors = change_rate_factors(state.params, total)
+    logging.info("%s rescaling: %s", config.rescale,
+                 ", ".join(f"{g} x{a:.3f}" for g, a in factors.items()))
+    return jax.device_put(state.replace(params=scale_convs(state.params, factors)),
+                          jax.tree.map(lambda x: x.sharding, state))
+
+
+RESCALINGS = ("init_norm", "change_rate", "none")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes (or resumes), evaluates, writes finetune.json / .md."""
+    if config.rescale not in RESCALINGS:
+        raise ValueError(f"rescale={config.rescale!r}; valid: {', '.join(RESCALINGS)}")
     workdir = epath.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     if config.checkpoint:
@@ -297,6 +413,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         checkpointing.abstract_with_sharding(abstract, state_sharding), data_iter)
     if state is None:
         state = jax.device_put(initial, state_sharding)
+        if config.rescale != "none":
+            state = rescaled(state, static, initial_encoder_params(encoder, config),
+                             train_source, config, image_size, local_batch, data_sharding)
     start = int(jax.device_get(state.step))
     last_good = checkpoints.latest_step()
     logging.info("fine-tuning %s on %s: %d train / %d test, %d classes, %s, steps %d..%d",
@@ -310,8 +429,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         for step in range(start + 1, config.num_steps + 1):
             batch = next(data_iter)
-            batch = local_to_global({"image": normalize_images(batch["image"]),
-                                     "label": batch["label"]}, data_sharding)
+            batch = global_batch(batch, data_sharding)
             state, metrics = step_fn(state, batch)
             history.append(metrics)
             final = step == config.num_steps

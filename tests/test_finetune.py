@@ -49,6 +49,51 @@ def test_new_classifier_learns_at_its_multiple_of_the_rate():
     np.testing.assert_allclose(updates["classifier"]["w"], -1.0, rtol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def grown_encoder():
+    """(static, state, params at init) of a small random encoder whose convs
+    are scaled by 1.5..2.1, as pretraining grows them."""
+    from mtssl.pretrained import random_encoder
+    config = finetune_config()
+    pre = load_config_file(os.path.join(ROOT, "configs/pretrain.py:runlocal"))
+    pre.model.width, pre.image_size = 0.125, 64
+    encoder = random_encoder(pre, seed=0)
+    static, state = finetune.create(config, encoder, 3, False, 64)
+    initial = state.params
+    groups = sorted(finetune.conv_squared_norms(initial))
+    grown = finetune.scale_convs(initial, {g: 1.5 + 0.1 * i for i, g in enumerate(groups)})
+    return static, state.replace(params=grown), initial
+
+
+def test_rescaling_keeps_the_function_and_restores_init_norms(grown_encoder):
+    static, state, initial = grown_encoder
+    factors = finetune.init_norm_factors(state.params, initial)
+    assert len(factors) == 7 and all(0.45 < a < 0.7 for a in factors.values())
+    rescaled = finetune.scale_convs(state.params, factors)
+    for group, sq in finetune.conv_squared_norms(rescaled).items():
+        np.testing.assert_allclose(sq, finetune.conv_squared_norms(initial)[group], rtol=1e-5)
+    assert finetune.init_norm_factors(initial, initial) == pytest.approx(
+        dict.fromkeys(factors, 1.0))
+    batch = {"image": jax.random.normal(jax.random.key(1), (8, 64, 64, 3)),
+             "label": jnp.arange(8) % 3}
+    loss = jax.jit(lambda p: finetune.training_loss(p, state.stats, batch, state.rng,
+                                                    static=static)[0])
+    np.testing.assert_allclose(loss(rescaled), loss(state.params), rtol=1e-4)
+
+    # Krähenbühl's calibration: one pass equalises every conv's change rate.
+    measure = jax.jit(lambda s: finetune.squared_gradient_norms(s, batch, static=static))
+    grads = {g: float(v) for g, v in jax.device_get(measure(state)).items()}
+    calibrated = state.replace(params=finetune.scale_convs(
+        state.params, finetune.change_rate_factors(state.params, grads)))
+    after = jax.device_get(measure(calibrated))
+    weights = finetune.conv_squared_norms(calibrated.params)
+    rates = np.array([after[g] / weights[g] for g in weights])
+    before = np.array([grads[g] / finetune.conv_squared_norms(state.params)[g]
+                       for g in weights])
+    assert before.max() / before.min() > 10
+    np.testing.assert_allclose(rates, rates.mean(), rtol=1e-3)
+
+
 def test_fine_tuning_learns_a_separable_folder(tmp_path):
     write_toy_folder(tmp_path / "toy", n_per_class=16)
     config = finetune_config(dataset=f"imagefolder:{tmp_path / 'toy'}", num_steps=40,
@@ -103,3 +148,5 @@ def test_interrupted_fine_tuning_of_a_checkpoint_resumes_exactly(tiny_run, tmp_p
 def test_unknown_dataset_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match="imagefolder:<path>"):
         finetune.run(finetune_config(dataset="cifar"), str(tmp_path))
+    with pytest.raises(ValueError, match="init_norm, change_rate, none"):
+        finetune.run(finetune_config(rescale="krahenbuhl"), str(tmp_path))

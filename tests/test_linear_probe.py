@@ -10,6 +10,7 @@ from helpers import ROOT, command, probe_config, run_command, write_toy_folder
 
 from mtssl import linear_probe
 from mtssl.config import defaults, load_config_file
+from mtssl.data import real
 from mtssl.data.labeled import LabeledFolder, LabeledTfds, PhotoCrops, make_labeled
 
 
@@ -54,6 +55,14 @@ def test_photo_crops_are_labelled_and_disjoint():
     assert not np.array_equal(a["image"], b["image"])
     with pytest.raises(ValueError, match="photos, digits, imagefolder:<path>, tfds:<name>"):
         make_labeled("places", "train", resolution=32)
+    # Uncropped examples (fine-tuning's) are the regions the records are
+    # resized from: as many distinct images as records, not the 12 halves.
+    regions = [test.load_example(i) for i in (1, 13, 25)]
+    assert [int(label) for _, label in regions] == [1, 1, 1]
+    assert len({(r.shape, r.tobytes()) for r, _ in regions}) == 3
+    region, _ = test.load_example(13)
+    resized = real.crop_and_resize(region, 32, "resize", np.random.default_rng(0))
+    assert np.abs(resized.astype(int) - b["image"].astype(int)).mean() < 3
 
 
 def test_digits_are_the_bundled_handwritten_digits_split_in_halves():

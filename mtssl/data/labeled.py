@@ -85,6 +85,18 @@ class PhotoCrops(_Labeled):
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
         return (photo[:, :cut] if self.split == "train" else photo[:, cut:]), np.int32(label)
 
+    def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Record `index`'s crop of its photograph half at full resolution
+        (the region its probe image is resized from): this task's examples are
+        crops, so fine-tuning trains and tests on as many distinct images as
+        the probe (the halves themselves are only 12 per split)."""
+        half, label = self._load_example(index)
+        (left, top, right, bottom), flip = real.crop_box(
+            half.shape, self.crop, np.random.default_rng([self.seed, int(index)]),
+            self.min_scale)
+        region = half[top:bottom, left:right]
+        return np.ascontiguousarray(region[:, ::-1] if flip else region), label
+
 
 class Digits(_Labeled):
     """scikit-learn's handwritten digits: a second embedded real dataset whose

@@ -114,24 +114,28 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+def crop_box(shape: tuple[int, ...], mode: str, rng: np.random.Generator,
+             min_scale: float = 0.35) -> tuple[tuple[int, int, int, int], bool]:
+    """((left, top, right, bottom), flip) of `mode`'s crop of an (H, W) image."""
+    if mode not in CROPS:
+        raise ValueError(f"unknown crop mode {mode!r}; valid: {CROPS}")
+    h, w = shape[:2]
+    if mode == "resize":
+        return (0, 0, w, h), False
+    side = min(h, w)
+    if mode == "random_crop":
+        side = max(1, int(round(side * rng.uniform(min_scale, 1.0))))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        flip = bool(rng.random() < 0.5)
+    else:
+        top, left, flip = (h - side) // 2, (w - side) // 2, False
+    return (int(left), int(top), int(left) + side, int(top) + side), flip
+
+
 def crop_and_resize(image: np.ndarray, resolution: int, mode: str,
                     rng: np.random.Generator, min_scale: float = 0.35) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> (resolution, resolution, 3) by `mode` in CROPS."""
-    if mode not in CROPS:
-        raise ValueError(f"unknown crop mode {mode!r}; valid: {CROPS}")
-    h, w = image.shape[:2]
-    if mode == "resize":
-        box = (0, 0, w, h)
-        flip = False
-    else:
-        side = min(h, w)
-        if mode == "random_crop":
-            side = max(1, int(round(side * rng.uniform(min_scale, 1.0))))
-            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-            flip = bool(rng.random() < 0.5)
-        else:
-            top, left, flip = (h - side) // 2, (w - side) // 2, False
-        box = (int(left), int(top), int(left) + side, int(top) + side)
+    box, flip = crop_box(image.shape[:2], mode, rng, min_scale)
     out = Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR, box=box)
     out = np.asarray(out)
     return np.ascontiguousarray(out[:, ::-1]) if flip else out
