@@ -1,8 +1,8 @@
-"""Fine-tuning configs (`python -m mtssl.finetune`): transfer to classification.
+"""Fine-tuning configs (`python -m mtssl.eval.finetune`): transfer to classification.
 
-    python -m mtssl.finetune --config=configs/finetune.py --workdir=finetune/voc07 \\
+    python -m mtssl.eval.finetune --config=configs/finetune.py --workdir=finetune/voc07 \\
         --config.checkpoint=runs/paper              # VOC 2007, the paper's transfer test
-    python -m mtssl.finetune --config=configs/finetune.py:photos --workdir=finetune/photos \\
+    python -m mtssl.eval.finetune --config=configs/finetune.py:photos --workdir=finetune/photos \\
         --config.checkpoint=runs/local              # embedded data, minutes on a CPU
 
 Default: PASCAL VOC 2007 classification from TFDS `voc/2007` (prepared as
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # random init (pretraining grows them 1.2-1.5x; a no-op for random init);
     # "change_rate" is Krähenbühl et al.'s calibration (every layer at one
     # relative speed, as their VOC protocol rescales pretrained models);
-    # "none" fine-tunes the weights as they are. Measured: README.
+    # "none" fine-tunes the weights as they are. Measured: docs/evaluation.md.
     c.rescale = "init_norm"
     c.rescale_batches = 10      # training batches the gradients are measured on
     c.max_train_examples = -1   # > 0: a prefix of the training split

@@ -1,9 +1,9 @@
-"""Linear-probe configs (`python -m mtssl.linear_probe`).
+"""Linear-probe configs (`python -m mtssl.eval.linear_probe`).
 
-    python -m mtssl.linear_probe --config=configs/linear_probe.py --workdir=probes/local \\
+    python -m mtssl.eval.linear_probe --config=configs/linear_probe.py --workdir=probes/local \\
         --config.checkpoint=runs/local
-    python -m mtssl.linear_probe --config=configs/linear_probe.py --workdir=probes/random
-    python -m mtssl.linear_probe --config=configs/linear_probe.py:imagenet --workdir=... \\
+    python -m mtssl.eval.linear_probe --config=configs/linear_probe.py --workdir=probes/random
+    python -m mtssl.eval.linear_probe --config=configs/linear_probe.py:imagenet --workdir=... \\
         --config.checkpoint=runs/paper
 
 Default: the embedded "photos" task (which of scikit-image's 12 photographs a
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.crop = "center_crop"      # center_crop | resize | random_crop
     c.layers = ("conv1", "conv2", "conv3", "conv4", "conv5")
     c.feature_dims = 9216       # pooled features per layer (Zhang et al.: ~9k)
-    # The protocol (the standard one by default; see mtssl/linear_probe.py):
+    # The protocol (the standard one by default; see mtssl/eval/linear_probe.py):
     c.taps = "post_relu"        # post_relu | pre_relu
     c.bn_stats = "running"      # running | probe_images (AdaBN on the training images)
     c.grayscale = False         # True: probe luma images (encoders trained colour-blind)

@@ -1,7 +1,7 @@
 """The procedural scene engine's settings (`mtssl.data.SyntheticScenes`).
 
-    python -m mtssl.data.preview --config configs/scenes.py --num 16 --out previews
-    python -m mtssl.data.preview --config configs/scenes.py:paper --out previews
+    python -m mtssl.preview --config configs/scenes.py --num 16 --out previews
+    python -m mtssl.preview --config configs/scenes.py:paper --out previews
 
 Arguments after ':' pick a preset: `paper` renders at 256 px (the paper's
 training crops are 227 px taken from 256 px renders); `fast` turns off the

@@ -11,7 +11,7 @@ verbatim in the output:
      procedural target domain as the "real" domain (`real.source=target`),
      so DA has a domain whose labels exist but are never trained on;
   2. a linear probe on the embedded photos task:
-     `python -m mtssl.linear_probe --config=configs/linear_probe.py`.
+     `python -m mtssl.eval.linear_probe --config=configs/linear_probe.py`.
 
 Measured per run: probe test accuracy conv1..conv5 on the photos task;
 dense errors at the last step on held-out scenes of the training domain
@@ -68,7 +68,7 @@ def pretrain_command(run_dir: pathlib.Path, overrides: list[str], seed: int,
 
 
 def probe_command(probe_dir: pathlib.Path, checkpoint: str, seed: int) -> list[str]:
-    command = [sys.executable, "-m", "mtssl.linear_probe",
+    command = [sys.executable, "-m", "mtssl.eval.linear_probe",
                "--config=configs/linear_probe.py", f"--workdir={probe_dir}",
                f"--config.checkpoint={checkpoint}", f"--config.seed={seed}"]
     if not checkpoint:   # the baseline: runlocal's architecture at its resolution

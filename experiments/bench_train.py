@@ -10,7 +10,7 @@ alone on a fixed device-resident batch: one D update and one G update on
 `batch` synthetic + `batch` real images. `images_per_s` is batch / step
 time (synthetic images, each paired with one real image, per second);
 `model_flops_per_step` counts the convolutions and matrix products of the
-plain network analytically (`mtssl.flops` under `layers.plain_ops()`: every
+plain network analytically (`mtssl.flops` under `cpu_ops.plain_ops()`: every
 kernel tap, as per-layer formulas and the PyTorch model do),
 `flops_per_step` those of the program that runs (the CPU rewrites leave out
 taps that only read padding); `achieved_gflops` = model FLOPs x steps/s,
@@ -44,9 +44,11 @@ import numpy as np
 from _common import load_config, machine, peak_rss_mb, write_rows
 
 from mtssl import steps, train
+from mtssl.data.sources import training_sources
 from mtssl.flops import count_flops
+from mtssl.loop import release_free_host_memory
 from mtssl.mesh import data_mesh, local_to_global
-from mtssl.models.layers import plain_ops
+from mtssl.models.cpu_ops import plain_ops
 
 
 def fake_batch(batch: int, size: int) -> dict:
@@ -91,7 +93,7 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
     start = time.perf_counter()
     step = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
-    train.release_free_host_memory()          # as mtssl.train does
+    release_free_host_memory()          # as mtssl.train does
     state, metrics = step(state, data)
     jax.block_until_ready(metrics)
     times = []
@@ -117,7 +119,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int) 
     config = load_config(config_spec)
     config.synthetic.on_device = on_device
     config.batch_size = batch or config.batch_size
-    synthetic, real = train.make_sources(config)
+    synthetic, real = training_sources(config)
     render_start = time.perf_counter()
     if hasattr(synthetic, "render_batch"):
         synthetic.render_batch(np.arange(config.batch_size))            # compile

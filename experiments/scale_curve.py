@@ -51,7 +51,7 @@ def pretrain_command(preset: str, run_dir: pathlib.Path, seed: int, steps: int,
 
 def probe_command(probe_dir: pathlib.Path, checkpoint: str, dataset: str, seed: int,
                   architecture: dict) -> list[str]:
-    command = [sys.executable, "-m", "mtssl.linear_probe",
+    command = [sys.executable, "-m", "mtssl.eval.linear_probe",
                "--config=configs/linear_probe.py", f"--workdir={probe_dir}",
                f"--config.checkpoint={checkpoint}", f"--config.dataset={dataset}",
                f"--config.seed={seed}"]

@@ -1,5 +1,8 @@
-"""The shared command line of the entry points: --config FILE[:arg], --workdir
-and the multi-process flags.
+"""The shared command line of the entry points: --config FILE[:arg] with
+--config.<field>=<value> overrides, --workdir, the multi-process flags and
+absl's --verbosity (default: warnings only; our progress lines are printed).
+A run stopped by SIGTERM/SIGINT after saving (`loop.Preempted`) exits with
+status 128 + the signal, as a shell reports it.
 
 Several processes (multi-host GPU, TPU pods, or several processes on one
 machine) run one program over all their devices: the same command in every
@@ -10,11 +13,14 @@ detects the cluster itself (TPU pods, SLURM, Open MPI).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mtssl.loop import Preempted
 
 
 def define_distributed_flags() -> None:
@@ -37,8 +43,9 @@ def initialize_distributed() -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f.coordinator_address,
                                num_processes=f.num_processes, process_id=f.process_id)
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+    print(f"process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.local_device_count()} local / {jax.device_count()} global devices",
+          flush=True)
 
 
 def run_config_command(run: Callable[..., object], config_help: str,
@@ -54,8 +61,22 @@ def run_config_command(run: Callable[..., object], config_help: str,
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        logging.set_verbosity(logging.INFO)
+        set_default_verbosity()
         initialize_distributed()
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
+        try:
+            run(flags.FLAGS.config, flags.FLAGS.workdir)
+        except Preempted as e:
+            logging.warning("%s", e)
+            print(e, flush=True)
+            sys.exit(128 + e.signum)      # what a shell reports for a signal
 
     app.run(main)
+
+
+def set_default_verbosity() -> None:
+    """Warnings and errors only, unless --verbosity (absl's flag) is given:
+    the console then shows our own progress lines, not the libraries' INFO
+    logging (Orbax writes hundreds of lines per run); --verbosity=0 brings
+    it back."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)

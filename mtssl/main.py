@@ -14,34 +14,10 @@ Several processes train one model data-parallel over all their devices
 path every process sees (shared file system or GCS).
 """
 
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
-
 from mtssl import cli, train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file (e.g. configs/pretrain.py[:runlocal]).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics, TensorBoard and images.")
-cli.define_distributed_flags()
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    cli.initialize_distributed()
-    try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except train.Preempted as e:
-        logging.warning("%s", e)
-        print(e, flush=True)
-        sys.exit(128 + e.signum)      # what a shell reports for a signal
-
-
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_config_command(
+        train.train_and_evaluate,
+        "Training config file (e.g. configs/pretrain.py[:runlocal]).",
+        "Directory for checkpoints, metrics, TensorBoard and images.")

@@ -185,3 +185,15 @@ def random_encoder(config: ml_collections.ConfigDict | None = None,
     config = config or defaults()
     static, init = steps.create(config, config.image_size, jax.random.key(seed))
     return _encoder_parts(config, static, jax.jit(init)(jax.random.key(seed)), None)
+
+
+def checkpoint_or_random_encoder(checkpoint: str, model: ml_collections.ConfigDict,
+                                 seed: int) -> Encoder:
+    """The encoder of `checkpoint`, or for "" a random one with the default
+    pretraining config's `model` fields updated by `model` (the baseline an
+    evaluation compares against)."""
+    if checkpoint:
+        return load_encoder(checkpoint)
+    config = defaults()
+    config.model.update(dict(model))
+    return random_encoder(config, seed=seed)

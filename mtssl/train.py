@@ -14,7 +14,7 @@
   * every `log.images_every_steps` draws predictions for a fixed set of
     held-out synthetic scenes and real photos into a PNG grid, and every
     `eval.every_steps` computes dense metrics on held-out scenes
-    (`mtssl.evaluate`);
+    (`mtssl.eval.dense`);
   * saves a checkpoint every `checkpoint.every_steps` and at the end, each
     only after the metrics since the previous check were finite, so the
     newest checkpoint is always a good one. A non-finite loss stops the run
@@ -23,12 +23,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
-import math
-import signal
-import threading
 import time
 from typing import Any
 
@@ -36,48 +32,27 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from mtssl import checkpointing, steps
 from mtssl.config import validate
-from mtssl.data import real as real_data
 from mtssl.data import visualize
-from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import make_train_dataset, normalize_images, render_on_device
-from mtssl.data.synthetic import from_config as synthetic_from_config
-from mtssl.evaluate import eval_sets, evaluate_sets, synthetic_batch, target_source
+from mtssl.data.sources import synthetic_batch, training_sources
+from mtssl.eval.dense import eval_sets, evaluate_sets
+from mtssl.loop import (
+    PreemptionGuard,
+    Preempted,
+    check_finite,
+    console_line,
+    itstime,
+    mean_metrics,
+    num_train_steps,
+    release_free_host_memory,
+    say,
+)
 from mtssl.mesh import data_mesh, local_to_global, replicated, same_to_global
 from mtssl.metric_writers import MetricWriter
-
-
-def make_sources(config: ml_collections.ConfigDict):
-    """(synthetic source, real source or None when DA is off)."""
-    kind, arg = config.synthetic.source.partition(":")[::2]
-    if kind == "render":
-        synthetic = synthetic_from_config(config.synthetic.render)
-    else:
-        synthetic = SyntheticFolder(root=arg, resolution=config.image_size,
-                                    depth_scale=config.synthetic.depth_scale)
-    if not config.da.enabled:
-        return synthetic, None
-    kind, arg = config.real.source.partition(":")[::2]
-    crop = config.real.crop
-    if crop == "auto":
-        crop = "random_crop" if kind == "package" else "resize"
-    common = dict(resolution=config.image_size, seed=config.seed, crop=crop,
-                  min_scale=config.real.min_scale)
-    if kind == "target":
-        real = target_source(config, held_out=False)
-    elif kind == "package":
-        real = real_data.PackagePhotos(**common)
-    elif kind == "imagefolder":
-        real = real_data.ImageFolder(root=arg, **common)
-    else:
-        real = real_data.TfdsImages(name=arg, split=config.real.split,
-                                    data_dir=config.real.data_dir or None, **common)
-    return synthetic, real
 
 
 def preview_batch(config, held_out, real) -> dict[str, Any]:
@@ -93,136 +68,6 @@ def preview_batch(config, held_out, real) -> dict[str, Any]:
     elif real is not None:
         out["real"] = {"image": np.stack([real[i]["image"] for i in range(n)])}
     return out
-
-
-def _prediction_tiles(pred: dict[str, np.ndarray], i: int, truth=None) -> list[np.ndarray]:
-    tiles = []
-    if "depth" in pred:
-        if truth is not None:
-            valid = truth["depth"][i] > 0
-            log_true = np.log(np.where(valid, truth["depth"][i], 1.0))
-            lo, hi = log_true[valid].min(initial=0.0), log_true[valid].max(initial=1.0)
-            tiles += [visualize.colorize(np.where(valid, log_true, np.nan), lo, hi),
-                      visualize.colorize(pred["depth"][i], lo, hi)]
-        else:
-            tiles.append(visualize.colorize(pred["depth"][i]))
-    if "normals" in pred:
-        if truth is not None:
-            tiles.append(visualize.normals_rgb(truth["normals"][i]))
-        tiles.append(visualize.normals_rgb(pred["normals"][i]))
-    if "contours" in pred:
-        if truth is not None:
-            tiles.append(visualize.mask_rgb(truth["contours"][i]))
-        prob = 1.0 / (1.0 + np.exp(-pred["contours"][i]))
-        tiles.append(np.repeat((prob[..., None] * 255).astype(np.uint8), 3, -1))
-    return tiles
-
-
-def prediction_grid(previews: dict[str, Any], preds: dict[str, Any]) -> np.ndarray:
-    """Rows: synthetic input | true, predicted depth | true, predicted normals |
-    true, predicted contours; then real input | predicted maps."""
-    rows = []
-    syn = previews["synthetic"]
-    for i in range(len(syn["image"])):
-        rows.append([syn["image"][i]] + _prediction_tiles(preds["synthetic"], i, syn))
-    if "real" in previews:
-        for i in range(len(previews["real"]["image"])):
-            rows.append([previews["real"]["image"][i]]
-                        + _prediction_tiles(preds["real"], i))
-    return visualize.grid(rows)
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def console_line(step: int, total: int, metrics: dict[str, float], images_per_s: float,
-                 eta_s: float) -> str:
-    parts = [f"step {step:>{len(str(total))}}/{total} ({100 * step / total:3.0f}%)",
-             f"loss {metrics['g_loss']:.4f}"]
-    parts += [f"{k.removeprefix('loss/')} {v:.4f}" for k, v in metrics.items()
-              if k.startswith("loss/")]
-    if "d_loss" in metrics:
-        parts.append(f"D {metrics['d_loss']:.3f} acc {metrics['d_accuracy']:.2f}")
-    parts += [f"{images_per_s:.1f} img/s", f"ETA {_format_duration(eta_s)}"]
-    return " | ".join(parts)
-
-
-def mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    fetched = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in fetched])) for k in fetched[0]}
-
-
-def release_free_host_memory() -> None:
-    """Returns freed heap memory to the operating system (glibc's
-    malloc_trim; elsewhere nothing happens). Compiling the paper network's
-    step leaves ~400 MB of freed compiler memory in the process, which would
-    otherwise stay in its peak resident memory."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
-    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-    if bad:
-        where = (f"the last good checkpoint (step {last_good}) is kept"
-                 if last_good is not None else "no checkpoint was written")
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} in the steps up to {step}; stopping; {where}")
-
-
-def num_train_steps(config, synthetic_len: int) -> tuple[int, int]:
-    """(total steps, steps per epoch); an epoch is one pass over the
-    synthetic source."""
-    steps_per_epoch = max(1, synthetic_len // config.batch_size)
-    if config.num_steps > 0:
-        return int(config.num_steps), steps_per_epoch
-    return max(1, math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after saving checkpoint `step`."""
-
-    def __init__(self, signum: int, step: int | None):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint {step} "
-                         "saved; run the same command to resume")
-        self.signum, self.step = signum, step
-
-
-class PreemptionGuard:
-    """SIGTERM / SIGINT (preemption, Ctrl-C) -> save a checkpoint at the next
-    step boundary and stop. In one process through our own handlers; across
-    processes through JAX's preemption sync point, so every process stops at
-    the same step (its own handlers catch the signal)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:     # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        logging.warning("%s received: saving a checkpoint after this step",
-                        signal.Signals(signum).name)
-
-    def requested(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.signum = signal.SIGTERM
-        return self.signum is not None
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
@@ -251,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir.mkdir(parents=True, exist_ok=True)
 
     mesh = data_mesh()
-    synthetic, real = make_sources(config)
+    synthetic, real = training_sources(config)
     total_steps, steps_per_epoch = num_train_steps(config, len(synthetic))
     data_iter = data_iterator(config, synthetic, real)
 
@@ -269,9 +114,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointing.abstract_with_sharding(abstract, state_sharding), data_iter)
     if state is None:
         state = jax.jit(init, out_shardings=state_sharding)(key)
-        logging.info("Initialised a new run in %s", workdir)
+        say(f"Initialised a new run in {workdir}")
     else:
-        logging.info("Resumed from step %d in %s", int(state.step), workdir)
+        say(f"Resumed from step {int(state.step)} in {workdir}")
     start = int(jax.device_get(state.step))
     last_good = checkpoints.latest_step()
 
@@ -281,8 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluation = eval_sets(config)
     previews = (preview_batch(config, evaluation["eval"].source, real)
                 if config.log.images_every_steps else None)
-    logging.info("%d steps (%d per epoch), batch %d + %d on %d device(s)", total_steps,
-                 steps_per_epoch, config.batch_size, config.batch_size, jax.device_count())
+    say(f"{total_steps} steps ({steps_per_epoch} per epoch), batch {config.batch_size} "
+        f"+ {config.batch_size} on {jax.device_count()} device(s)")
 
     history, last = [], {}
     preemption = PreemptionGuard()
@@ -303,15 +148,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append(metrics)
             window_steps += 1
 
-            final = step == total_steps
             stop = preemption.requested(step)
-            log_now = step % config.log.every_steps == 0 or final or stop
-            save_now = step % config.checkpoint.every_steps == 0 or final or stop
+            log_now = itstime(step, config.log.every_steps, total_steps) or stop
+            save_now = itstime(step, config.checkpoint.every_steps, total_steps) or stop
             if log_now or save_now:
                 last = mean_metrics(history)
                 history = []
                 check_finite(last, step, last_good)
-            if config.eval.every_steps and (step % config.eval.every_steps == 0 or final):
+            if itstime(step, config.eval.every_steps, total_steps):
                 eval_start = time.perf_counter()
                 scores = evaluate_sets(
                     predict, state, evaluation, image_size=config.image_size,
@@ -343,8 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     print(console_line(step, total_steps, last, images_per_s, eta),
                           flush=True)
                 window_start, window_steps, wait_s = time.perf_counter(), 0, 0.0
-            if previews is not None and (
-                    step % config.log.images_every_steps == 0 or final):
+            if previews is not None and itstime(step, config.log.images_every_steps,
+                                                total_steps):
                 grid = _draw_predictions(predict, state, previews, mesh)
                 writer.write_image(step, "predictions", grid)
             if save_now:
@@ -367,4 +211,4 @@ def _draw_predictions(predict, state, previews, mesh) -> np.ndarray:
     for domain, batch in previews.items():
         images = same_to_global(normalize_images(batch["image"]), replicated(mesh))
         preds[domain] = jax.device_get(predict(state, images))
-    return prediction_grid(previews, preds)
+    return visualize.prediction_grid(previews, preds)

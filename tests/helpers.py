@@ -8,9 +8,11 @@ shared (in-process and, through the persistent XLA cache, across processes).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -92,6 +94,17 @@ def run_command(args: list[str], timeout: int = 600) -> subprocess.CompletedProc
                           timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def wait_for_row(proc, metrics, done, timeout=300):
+    """Polls metrics.jsonl until done(last logged step) while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = metrics.read_text().splitlines() if metrics.exists() else []
+        if rows and rows[-1].endswith("}") and done(json.loads(rows[-1])["step"]):
+            return json.loads(rows[-1])["step"]
+        assert proc.poll() is None and time.monotonic() < deadline, rows[-1:]
+        time.sleep(0.05)
 
 
 def restored_state(workdir, config, step):

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtssl import classification
-from mtssl.classification import IGNORE
+from mtssl.eval import classification
+from mtssl.eval.classification import IGNORE
 
 
 def test_average_precision_by_hand():

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from mtssl.config import load_config_file
-from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk, preview
+from mtssl import preview
+from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk
 from mtssl.data.synthetic import from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mtssl.dense_metrics import DenseMetrics, dilate
+from mtssl.eval.dense_metrics import DenseMetrics, dilate
 
 
 def test_depth_metrics_by_hand():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mtssl import diagnose
+from mtssl.eval import diagnose
 
 
 def test_colour_share_and_variances_of_known_cases():

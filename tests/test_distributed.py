@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, TINY, command, probe_config, tiny_config, write_toy_folder
 
-from mtssl import linear_probe
-from mtssl.evaluate import evaluate_checkpoint
+from mtssl.eval import linear_probe
+from mtssl.eval.dense import evaluate_checkpoint
 from mtssl.pretrained import load_run
 
 
@@ -74,7 +74,7 @@ def test_two_processes_run_the_linear_probes_as_one_does(tmp_path):
     single = linear_probe.run(probe_config(**overrides), str(tmp_path / "one"))
     flags = {"model.width": 0.125, "image_size": 64, "batch_size": 16,
              "learning_rate": 1e-2, "layers": ("conv1", "conv3", "conv5"), **overrides}
-    outputs = run_two_processes("mtssl.linear_probe", "configs/linear_probe.py",
+    outputs = run_two_processes("mtssl.eval.linear_probe", "configs/linear_probe.py",
                                 tmp_path / "two", flags)
     # Both processes fetched every feature and trained the same probes;
     # process 0 wrote them, with the single process's scores.

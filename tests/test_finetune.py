@@ -3,15 +3,17 @@ TFDS mock data, exact resume."""
 
 import json
 import os
+import signal
+import subprocess
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from helpers import ROOT, write_toy_folder
+from helpers import ROOT, command, write_toy_folder, wait_for_row
 
-from mtssl import finetune
+from mtssl.eval import finetune
 from mtssl.config import load_config_file
 from mtssl.data.labeled import LabeledTfds
 
@@ -129,17 +131,37 @@ def test_voc2007_multilabel_through_mock_data(tmp_path):
 
 
 def test_interrupted_fine_tuning_of_a_checkpoint_resumes_exactly(tiny_run, tmp_path):
+    """A real run SIGTERMed between two checkpoints saves and exits 143; the
+    same command resumes it, and every logged loss and the test score equal
+    an uninterrupted run's, one metrics row per step."""
     write_toy_folder(tmp_path / "toy", n_per_class=8)
-    common = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "max_test_examples": 4,
-              "checkpoint": str(tiny_run[0]), "image_size": 0}
-    finetune.run(finetune_config(num_steps=2, **common), str(tmp_path / "resumed"))
-    resumed = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "resumed"))
-    straight = finetune.run(finetune_config(num_steps=4, **common), str(tmp_path / "straight"))
+    overrides = {"dataset": f"imagefolder:{tmp_path / 'toy'}", "max_test_examples": 4,
+                 "checkpoint": str(tiny_run[0]), "image_size": 0, "num_steps": 40,
+                 "save_every": 5, "log_every": 1}
+    small = {"model.width": 0.125, "batch_size": 8, "num_threads": 2}
+    args = command(tmp_path / "resumed", {**small, **overrides}, "mtssl.eval.finetune",
+                   "configs/finetune.py:photos")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    log = tmp_path / "log.txt"
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    wait_for_row(proc, metrics, lambda step: step >= 7)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    stopped = int(log.read_text().split("stopped by SIGTERM; checkpoint ")[1].split()[0])
+    assert 7 <= stopped < 40
+    finished = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    resumed = json.loads((tmp_path / "resumed" / "finetune.json").read_text())
+    straight = finetune.run(finetune_config(**overrides), str(tmp_path / "straight"))
 
     def losses(name):
         rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return {r["step"]: r["loss"] for r in map(json.loads, rows) if "loss" in r}
-    assert losses("resumed") == losses("straight") and len(losses("straight")) == 4
+        return [(r["step"], r["loss"]) for r in map(json.loads, rows) if "loss" in r]
+    assert [s for s, _ in losses("resumed")] == list(range(1, 41))
+    assert losses("resumed") == losses("straight")
     assert resumed["accuracy"] == straight["accuracy"]
     saved = json.loads((tmp_path / "straight" / "finetune.json").read_text())
     assert saved["checkpoint"] == str(tiny_run[0]) and saved["checkpoint_step"] == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, command, probe_config, run_command, write_toy_folder
 
-from mtssl import linear_probe
+from mtssl.eval import linear_probe
 from mtssl.config import defaults, load_config_file
 from mtssl.data import real
 from mtssl.data.labeled import LabeledFolder, LabeledTfds, PhotoCrops, make_labeled
@@ -111,13 +111,13 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
 
 
 def test_command_line_contract(tiny_run, tmp_path):
-    """`python -m mtssl.linear_probe` with `--config.x=y` overrides probes the
+    """`python -m mtssl.eval.linear_probe` with `--config.x=y` overrides probes the
     checkpoint it is given and writes what `linear_probe.run` returns for
     the same settings."""
     write_toy_folder(tmp_path / "toy", n_per_class=10)
     overrides = {"checkpoint": str(tiny_run[0]), "dataset": f"imagefolder:{tmp_path / 'toy'}",
                  "batch_size": 8, "epochs": 2, "layers": ("conv2",)}
-    proc = run_command(command(tmp_path / "out", overrides, "mtssl.linear_probe",
+    proc = run_command(command(tmp_path / "out", overrides, "mtssl.eval.linear_probe",
                                "configs/linear_probe.py"))
     saved = json.loads((tmp_path / "out" / "probe.json").read_text())
     config = load_config_file(os.path.join(ROOT, "configs/linear_probe.py"))

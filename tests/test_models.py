@@ -11,16 +11,16 @@ from mtssl.models import (
     PatchDiscriminator,
     alexnet,
     encoder_taps,
-    layers,
+    cpu_ops,
     resnet,
 )
-from mtssl.models.layers import (
-    BatchNorm,
+from mtssl.models.cpu_ops import (
     conv_transpose_2x,
     dilated_conv,
     dilated_conv_im2col,
     pointwise_conv,
 )
+from mtssl.models.layers import BatchNorm
 
 
 def abstract_outputs(build, *input_shape):
@@ -158,8 +158,8 @@ def test_transposed_conv_in_batch_chunks_equals_one_product(monkeypatch):
     w = jax.random.normal(jax.random.key(2), (5, 5, 3, 4))
     y0, g0 = _value_and_grads(conv_transpose_2x, x, w)
     # 3 examples' per-tap arrays per chunk: two chunks of the batch.
-    monkeypatch.setattr(layers, "_COLS_CHUNK_BYTES", 3 * 5 * 4 * 25 * 4 * 4)
-    assert layers._batch_chunks(6, 5 * 4 * 25 * 4 * 4) == 2
+    monkeypatch.setattr(cpu_ops, "_COLS_CHUNK_BYTES", 3 * 5 * 4 * 25 * 4 * 4)
+    assert cpu_ops._batch_chunks(6, 5 * 4 * 25 * 4 * 4) == 2
     jaxpr = str(jax.make_jaxpr(conv_transpose_2x)(x, w))
     assert "scan" in jaxpr or "while" in jaxpr
     y1, g1 = _value_and_grads(conv_transpose_2x, x, w)

@@ -179,9 +179,10 @@ _SHARDED = textwrap.dedent("""
         results.append((history, first))
     (h1, (g1, d1)), (h8, (g8, d8)) = results
     # Step 1 starts from the same parameters on the same batch: only the
-    # order of the reductions over the batch differs.
+    # order of the reductions over the batch differs (float32 sums over
+    # millions of terms: 3e-5 relative on an AVX-512 Xeon's gradient norm).
     for key in h1[0]:
-        np.testing.assert_allclose(h8[0][key], h1[0][key], rtol=1e-5, err_msg=key,
+        np.testing.assert_allclose(h8[0][key], h1[0][key], rtol=1e-4, err_msg=key,
                                    atol=0.02 if key == "d_accuracy" else 0)
     # D takes an SGD step: its new parameters are its gradient, to rounding.
     for a, b in zip(jax.tree.leaves(d1), jax.tree.leaves(d8)):
@@ -190,7 +191,9 @@ _SHARDED = textwrap.dedent("""
     # weight whose gradient is rounding noise may move either way; all others agree.
     diffs = np.concatenate([np.abs(a - b).ravel() for a, b in
                             zip(jax.tree.leaves(g1), jax.tree.leaves(g8))])
-    assert np.mean(diffs > 1e-6) < 1e-3 and diffs.max() <= 2.1e-3, (np.mean(diffs > 1e-6), diffs.max())
+    # (0.12% of them on an AVX-512 Xeon, under 0.1% on AMD EPYC; a sharding
+    # bug moves most of them.)
+    assert np.mean(diffs > 1e-6) < 5e-3 and diffs.max() <= 2.1e-3, (np.mean(diffs > 1e-6), diffs.max())
     # Later steps: Adam amplifies those weights; the losses stay close.
     for step1, step8 in zip(h1[1:], h8[1:]):
         for key in ("g_loss", "d_loss"):

@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
@@ -19,6 +18,7 @@ from helpers import (
     probe_config,
     restored_state,
     tiny_config,
+    wait_for_row,
     write_toy_folder,
 )
 
@@ -77,7 +77,7 @@ def test_resume_continues_exactly_and_a_nan_keeps_the_last_good_checkpoint(
 
 
 def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(tiny_run, tmp_path):
-    from mtssl import linear_probe
+    from mtssl.eval import linear_probe
     from mtssl.pretrained import load_encoder, load_predictor
 
     workdir, _ = tiny_run
@@ -107,7 +107,7 @@ def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(tiny_run, tmp
 
 
 def test_standalone_evaluation_matches_the_training_time_one(tiny_run):
-    from mtssl.evaluate import evaluate_checkpoint
+    from mtssl.eval.dense import evaluate_checkpoint
     workdir, _ = tiny_run
     result = evaluate_checkpoint(str(workdir), num_images=6, step=2, batch_size=4)
     logged = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
@@ -119,7 +119,7 @@ def test_standalone_evaluation_matches_the_training_time_one(tiny_run):
 def test_nyu_depth_evaluation_of_a_checkpoint_through_mock_data(tiny_run):
     import tensorflow_datasets as tfds
 
-    from mtssl.evaluate import evaluate_checkpoint
+    from mtssl.eval.dense import evaluate_checkpoint
     workdir, _ = tiny_run
     with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
         result = evaluate_checkpoint(str(workdir), num_images=3, step=2, batch_size=4,
@@ -132,7 +132,7 @@ def test_nyu_depth_evaluation_of_a_checkpoint_through_mock_data(tiny_run):
 
 def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
     from mtssl.data.scenes import TARGET_APPEARANCE, SceneConfig
-    from mtssl.evaluate import target_source
+    from mtssl.data.sources import target_source
 
     config = tiny_config(**{"real.source": "target", "log.images_every_steps": 0})
     target = target_source(config, held_out=False)
@@ -159,7 +159,7 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
     # The target set is evaluated on its own held-out renders: its scores
     # are not the training domain's, and re-evaluating the checkpoint on
     # target scenes rendered anew gives the logged ones.
-    from mtssl.evaluate import evaluate_checkpoint
+    from mtssl.eval.dense import evaluate_checkpoint
     again = evaluate_checkpoint(str(tmp_path), num_images=config.eval.num_images,
                                 batch_size=config.batch_size)
     for metric in ("depth/abs_rel", "normals/mean_deg", "contours/f"):
@@ -169,17 +169,6 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
             assert again[key] == pytest.approx(last[key], rel=1e-5), key
     with pytest.raises(ValueError, match="textures must be a non-empty subset"):
         SceneConfig(textures=("marble",))
-
-
-def _wait_for_row(proc, metrics, done, timeout=300):
-    """Polls metrics.jsonl until done(last logged step) while `proc` runs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = metrics.read_text().splitlines() if metrics.exists() else []
-        if rows and rows[-1].endswith("}") and done(json.loads(rows[-1])["step"]):
-            return json.loads(rows[-1])["step"]
-        assert proc.poll() is None and time.monotonic() < deadline, rows[-1:]
-        time.sleep(0.05)
 
 
 def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
@@ -204,7 +193,7 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
         saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
         return step % 5 and any(s < step - 1 for s in saved)
 
-    killed_at = _wait_for_row(proc, metrics, past_a_saved_checkpoint)
+    killed_at = wait_for_row(proc, metrics, past_a_saved_checkpoint)
     proc.kill()                                  # no handler, no final save
     assert proc.wait(timeout=60) == -signal.SIGKILL, log.read_text()[-3000:]
     with checkpointing.RunCheckpoints(tmp_path / "checkpoints") as ckpt:
@@ -212,7 +201,7 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
     assert saved is not None and saved % 5 == 0 and 5 <= saved < total
 
     proc = start()                               # the same command
-    _wait_for_row(proc, metrics, lambda step: step >= killed_at + 3)
+    wait_for_row(proc, metrics, lambda step: step >= killed_at + 3)
     proc.send_signal(signal.SIGTERM)             # as a scheduler preempting the job
     proc.wait(timeout=300)
     out = log.read_text()
@@ -224,7 +213,7 @@ def test_killed_and_preempted_run_resumes_bit_identically(tmp_path):
     finished = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"Resumed from step {preempted}" in finished.stderr
+    assert f"Resumed from step {preempted}" in finished.stdout
 
     config = tiny_config(**overrides)
     train.train_and_evaluate(config, str(tmp_path / "straight"))

@@ -3,10 +3,12 @@
 Every source is a grain RandomAccessDataSource yielding
 {"image": uint8 (R, R, 3), "label": int32 ()} for single-label sets or
 {"image": ..., "label": float32 (num_classes,) multi-hot} when `multilabel`
-(1 present, 0 absent, -1 = `classification.IGNORE`: VOC classes present only
-as "difficult" objects), and has `class_names`. Record i's crop is a fixed function of (seed, i);
-`load_example(i)` gives the uncropped RGB image and label instead, for
-pipelines that draw a new augmentation every epoch (fine-tuning). `make_labeled(spec, split, ...)` builds one from a
+(1 present, 0 absent, -1 = `IGNORE`: VOC classes present only
+as "difficult" objects), and has `class_names`. Record i's crop is a fixed
+function of (seed, i); `load_example(i)` gives the uncropped RGB image and
+label instead (for "photos", whose examples are crops: the crop's region at
+full resolution), for pipelines that draw a new augmentation every epoch
+(fine-tuning). `make_labeled(spec, split, ...)` builds one from a
 string:
 
   "photos"             the embedded default: which of scikit-image's 12
@@ -32,13 +34,14 @@ import pathlib
 
 import numpy as np
 
-from mtssl.classification import IGNORE
 from mtssl.data import real
 
 DATASETS = ("photos", "digits", "imagefolder:<path>", "tfds:<name>")
 
 
-class _Labeled(real._CroppedImages):
+IGNORE = -1.0   # a multi-label entry that is neither present nor absent (VOC "difficult")
+
+class _Labeled(real.CroppedImages):
     """Shared __getitem__: _load_example -> crop by (seed, index); unreadable
     records are skipped and counted (`real.read_or_skip`)."""
 
@@ -81,7 +84,7 @@ class PhotoCrops(_Labeled):
 
     def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         label = int(index) % len(self.class_names)
-        photo = real._photo(self.class_names[label])
+        photo = real.package_photo(self.class_names[label])
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
         return (photo[:, :cut] if self.split == "train" else photo[:, cut:]), np.int32(label)
 
@@ -94,8 +97,7 @@ class PhotoCrops(_Labeled):
         (left, top, right, bottom), flip = real.crop_box(
             half.shape, self.crop, np.random.default_rng([self.seed, int(index)]),
             self.min_scale)
-        region = half[top:bottom, left:right]
-        return np.ascontiguousarray(region[:, ::-1] if flip else region), label
+        return real.flipped(half[top:bottom, left:right], flip), label
 
 
 class Digits(_Labeled):

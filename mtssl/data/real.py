@@ -137,11 +137,15 @@ def crop_and_resize(image: np.ndarray, resolution: int, mode: str,
     """uint8 RGB (H, W, 3) -> (resolution, resolution, 3) by `mode` in CROPS."""
     box, flip = crop_box(image.shape[:2], mode, rng, min_scale)
     out = Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR, box=box)
-    out = np.asarray(out)
-    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+    return flipped(np.asarray(out), flip)
 
 
-class _CroppedImages(grain.sources.RandomAccessDataSource):
+def flipped(image: np.ndarray, flip: bool) -> np.ndarray:
+    """`image` mirrored left-right when `flip`, as a contiguous array."""
+    return np.ascontiguousarray(image[:, ::-1] if flip else image)
+
+
+class CroppedImages(grain.sources.RandomAccessDataSource):
     """Shared __getitem__: load record -> to_rgb -> crop_and_resize."""
 
     def __init__(self, resolution: int, seed: int, crop: str, min_scale: float):
@@ -171,12 +175,12 @@ class _CroppedImages(grain.sources.RandomAccessDataSource):
 
 
 @functools.cache
-def _photo(name: str) -> np.ndarray:
+def package_photo(name: str) -> np.ndarray:
     import skimage.data  # imported lazily: only this source needs it
     return to_rgb(getattr(skimage.data, name)())
 
 
-class PackagePhotos(_CroppedImages):
+class PackagePhotos(CroppedImages):
     """Random crops of scikit-image's bundled photographs (keyword args only).
 
     `num_records` crops cycle through `photos`; with the default random crop
@@ -196,14 +200,14 @@ class PackagePhotos(_CroppedImages):
         return self.num_records
 
     def _load(self, index: int) -> np.ndarray:
-        return _photo(self.photos[index % len(self.photos)])
+        return package_photo(self.photos[index % len(self.photos)])
 
     def __repr__(self) -> str:
         return (f"PackagePhotos(resolution={self.resolution}, photos={len(self.photos)}, "
                 f"num_records={self.num_records}, crop={self.crop!r})")
 
 
-class ImageFolder(_CroppedImages):
+class ImageFolder(CroppedImages):
     """Every image file below `root` (recursive, sorted by path)."""
 
     def __init__(self, *, root: str | pathlib.Path, resolution: int = 128,
@@ -243,7 +247,7 @@ def open_tfds(name: str, split: str, data_dir: str | None):
             f"`tfds build {name} --file_format=array_record`") from e
 
 
-class TfdsImages(_CroppedImages):
+class TfdsImages(CroppedImages):
     """The `image` feature of a TFDS dataset through `tfds.data_source`."""
 
     def __init__(self, *, name: str, split: str = "train", data_dir: str | None = None,

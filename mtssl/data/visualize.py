@@ -1,6 +1,9 @@
-"""Turning samples into pictures: colour maps and contact sheets (numpy only)."""
+"""Turning samples into pictures: colour maps, contact sheets and the
+training loop's prediction grids (numpy only)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -68,4 +71,41 @@ def contact_sheet(samples: list[dict[str, np.ndarray]], per_row: int = 2) -> np.
         for s in samples[i:i + per_row]:
             row += sample_tiles(s)
         rows.append(row)
+    return grid(rows)
+
+
+def _prediction_tiles(pred: dict[str, np.ndarray], i: int, truth=None) -> list[np.ndarray]:
+    tiles = []
+    if "depth" in pred:
+        if truth is not None:
+            valid = truth["depth"][i] > 0
+            log_true = np.log(np.where(valid, truth["depth"][i], 1.0))
+            lo, hi = log_true[valid].min(initial=0.0), log_true[valid].max(initial=1.0)
+            tiles += [colorize(np.where(valid, log_true, np.nan), lo, hi),
+                      colorize(pred["depth"][i], lo, hi)]
+        else:
+            tiles.append(colorize(pred["depth"][i]))
+    if "normals" in pred:
+        if truth is not None:
+            tiles.append(normals_rgb(truth["normals"][i]))
+        tiles.append(normals_rgb(pred["normals"][i]))
+    if "contours" in pred:
+        if truth is not None:
+            tiles.append(mask_rgb(truth["contours"][i]))
+        prob = 1.0 / (1.0 + np.exp(-pred["contours"][i]))
+        tiles.append(np.repeat((prob[..., None] * 255).astype(np.uint8), 3, -1))
+    return tiles
+
+
+def prediction_grid(previews: dict[str, Any], preds: dict[str, Any]) -> np.ndarray:
+    """Rows: synthetic input | true, predicted depth | true, predicted normals |
+    true, predicted contours; then real input | predicted maps."""
+    rows = []
+    syn = previews["synthetic"]
+    for i in range(len(syn["image"])):
+        rows.append([syn["image"][i]] + _prediction_tiles(preds["synthetic"], i, syn))
+    if "real" in previews:
+        for i in range(len(previews["real"]["image"])):
+            rows.append([previews["real"]["image"][i]]
+                        + _prediction_tiles(preds["real"], i))
     return grid(rows)

@@ -22,13 +22,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import (
-    dilated_conv,
-    make_norm,
-    norm_needs_bias,
-    pointwise_conv,
-    scaled,
-)
+from mtssl.models.cpu_ops import dilated_conv, pointwise_conv
+from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 _CHANNELS = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,

@@ -6,7 +6,7 @@ features of a 227 px image exactly back to 227 px (13 -> 27 -> 55 -> 113 ->
 227), with norm and ReLU between them and no skip connections. For other
 input sizes a final bilinear resize brings the map to the image size.
 The transposed convolutions keep `nnx.ConvTranspose` parameters; on CPU they
-run as col2im (`layers.conv_transpose_2x`).
+run as col2im (`cpu_ops.conv_transpose_2x`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mtssl.models.layers import conv_transpose, make_norm, norm_needs_bias
+from mtssl.models.cpu_ops import conv_transpose
+from mtssl.models.layers import make_norm, norm_needs_bias
 
 TASKS = {"depth": 1, "normals": 3, "contours": 1}   # task -> output channels
 _KERNELS = (3, 3, 5, 3)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.layers import dilated_conv, make_norm, norm_needs_bias, scaled
+from mtssl.models.cpu_ops import dilated_conv
+from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}

@@ -1,6 +1,6 @@
 """Transfer by fine-tuning the whole encoder on a classification task.
 
-    python -m mtssl.finetune --config=configs/finetune.py --workdir=finetune/voc07 \\
+    python -m mtssl.eval.finetune --config=configs/finetune.py --workdir=finetune/voc07 \\
         --config.checkpoint=runs/paper
 
 The paper's transfer test is PASCAL VOC 2007 classification (TFDS
@@ -44,20 +44,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from etils import epath
 from flax import nnx
 from PIL import Image
 
 from mtssl import checkpointing
-from mtssl.classification import (
+from mtssl.eval.classification import (
     average_precision,
     classification_loss,
     mean_average_precision,
     multilabel_accuracy,
 )
 from mtssl.cli import run_config_command
-from mtssl.config import defaults as pretrain_defaults
 from mtssl.data import real
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
@@ -68,9 +66,16 @@ from mtssl.mesh import (
     replicated,
     same_to_global,
 )
+from mtssl.loop import (
+    PreemptionGuard,
+    Preempted,
+    check_finite,
+    itstime,
+    mean_metrics,
+    say,
+)
 from mtssl.metric_writers import MetricWriter
-from mtssl.pretrained import load_encoder, random_encoder
-from mtssl.train import check_finite, mean_metrics
+from mtssl.pretrained import checkpoint_or_random_encoder, random_encoder
 
 NUM_TEST_CROPS = 10
 
@@ -225,7 +230,7 @@ def init_norm_factors(params, initial_params) -> dict[str, float]:
     encoder starts fine-tuning at the effective learning rate of a random
     one; for a random encoder they are 1."""
     now, then = conv_squared_norms(params), conv_squared_norms(initial_params)
-    return {g: float(np.sqrt(then[g] / now[g])) for g in now}
+    return {g: float(np.sqrt(float(then[g]) / float(now[g]))) for g in now}
 
 
 def change_rate_factors(params, gradient_sq: dict[str, float]) -> dict[str, float]:
@@ -358,8 +363,8 @@ def rescaled(state: FinetuneState, static: Static, initial_params, source, confi
             sq = jax.device_get(measure(state, global_batch(next(batches), sharding)))
             total = {g: total.get(g, 0.0) + float(v) for g, v in sq.items()}
         factors = change_rate_factors(state.params, total)
-    logging.info("%s rescaling: %s", config.rescale,
-                 ", ".join(f"{g} x{a:.3f}" for g, a in factors.items()))
+    say(f"{config.rescale} rescaling: "
+        + ", ".join(f"{g} x{a:.3f}" for g, a in factors.items()))
     return jax.device_put(state.replace(params=scale_convs(state.params, factors)),
                           jax.tree.map(lambda x: x.sharding, state))
 
@@ -371,14 +376,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Fine-tunes (or resumes), evaluates, writes finetune.json / .md."""
     if config.rescale not in RESCALINGS:
         raise ValueError(f"rescale={config.rescale!r}; valid: {', '.join(RESCALINGS)}")
+    for field in ("log_every", "save_every", "rescale_batches", "batch_size"):
+        if config[field] < 1:
+            raise ValueError(f"{field}={config[field]}; it must be >= 1")
     workdir = epath.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.checkpoint:
-        encoder = load_encoder(config.checkpoint)
-    else:
-        model_config = pretrain_defaults()
-        model_config.model.update(dict(config.model))
-        encoder = random_encoder(model_config, seed=config.seed)
+    encoder = checkpoint_or_random_encoder(config.checkpoint, config.model, config.seed)
     image_size = config.image_size or encoder.config.image_size
     devices = jax.device_count()
     if config.batch_size % devices:
@@ -418,22 +421,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              train_source, config, image_size, local_batch, data_sharding)
     start = int(jax.device_get(state.step))
     last_good = checkpoints.latest_step()
-    logging.info("fine-tuning %s on %s: %d train / %d test, %d classes, %s, steps %d..%d",
-                 config.checkpoint or "random init", config.dataset,
-                 _limit(len(train_source), config.max_train_examples),
-                 _limit(len(test_source), config.max_test_examples), num_classes,
-                 "multi-label" if multilabel else "single-label", start, config.num_steps)
+    say(f"fine-tuning {config.checkpoint or 'random init'} on {config.dataset}: "
+        f"{_limit(len(train_source), config.max_train_examples)} train / "
+        f"{_limit(len(test_source), config.max_test_examples)} test, {num_classes} classes, "
+        f"{'multi-label' if multilabel else 'single-label'}, steps {start}..{config.num_steps}")
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start)
     history, window = [], time.perf_counter()
+    preemption = PreemptionGuard()
     try:
         for step in range(start + 1, config.num_steps + 1):
             batch = next(data_iter)
             batch = global_batch(batch, data_sharding)
             state, metrics = step_fn(state, batch)
             history.append(metrics)
-            final = step == config.num_steps
-            if step % config.log_every == 0 or step % config.save_every == 0 or final:
+            stop = preemption.requested(step)
+            save_now = itstime(step, config.save_every, config.num_steps) or stop
+            if itstime(step, config.log_every, config.num_steps) or save_now:
                 logged = mean_metrics(history)
                 check_finite(logged, step, last_good)
                 elapsed = time.perf_counter() - window
@@ -443,20 +447,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     print(f"step {step}/{config.num_steps}: loss {logged['loss']:.4f}, "
                           f"{logged['images_per_s']:.1f} img/s", flush=True)
                 history, window = [], time.perf_counter()
-            if step % config.save_every == 0 or final:
+            if save_now:
                 checkpoints.save(step, state, data_iter, config)
                 last_good = step
+            if stop:
+                break
         checkpoints.wait()
+        if preemption.signum is not None:
+            raise Preempted(preemption.signum, last_good)
+        start_eval = time.perf_counter()
+        result = evaluate(predict, state, test_source, config, image_size, data_sharding)
+        result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
+                      checkpoint_step=encoder.step, dataset=config.dataset,
+                      image_size=image_size, eval_seconds=time.perf_counter() - start_eval)
+        writer.write_scalars(result["step"], {f"test/{k}": v for k, v in result.items()
+                                              if k in ("map", "accuracy")})
     finally:
+        preemption.close()
         checkpoints.close()
-    start_eval = time.perf_counter()
-    result = evaluate(predict, state, test_source, config, image_size, data_sharding)
-    result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
-                  checkpoint_step=encoder.step, dataset=config.dataset,
-                  image_size=image_size, eval_seconds=time.perf_counter() - start_eval)
-    writer.write_scalars(result["step"], {f"test/{k}": v for k, v in result.items()
-                                          if k in ("map", "accuracy")})
-    writer.close()
+        writer.close()
     if jax.process_index() == 0:
         (workdir / "finetune.json").write_text(json.dumps(
             {**result, "config": config.to_dict()}, indent=1, default=str))

@@ -1,9 +1,9 @@
 """Writes a PNG contact sheet of scenes: image | depth | normals | contours.
 
-    python -m mtssl.data.preview --num 16 --out previews/
-    python -m mtssl.data.preview --num 8 --resolution 227 --seed 3 --out previews/
-    python -m mtssl.data.preview --config configs/scenes.py:paper --num 8 --out previews/
-    python -m mtssl.data.preview --folder /data/my_synthetic --num 8 --out previews/
+    python -m mtssl.preview --num 16 --out previews/
+    python -m mtssl.preview --num 8 --resolution 227 --seed 3 --out previews/
+    python -m mtssl.preview --config configs/scenes.py:paper --num 8 --out previews/
+    python -m mtssl.preview --folder /data/my_synthetic --num 8 --out previews/
 
 --resolution and --seed override the config's values when given.
 """
@@ -22,7 +22,7 @@ from mtssl.data import on_disk, synthetic, visualize
 
 
 def main(argv: list[str] | None = None) -> pathlib.Path:
-    parser = argparse.ArgumentParser(prog="python -m mtssl.data.preview",
+    parser = argparse.ArgumentParser(prog="python -m mtssl.preview",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=16, help="number of scenes")
     parser.add_argument("--out", required=True, help="output folder")

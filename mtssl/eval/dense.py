@@ -1,6 +1,6 @@
 """Dense-task evaluation of a pretraining run on held-out synthetic scenes.
 
-    python -m mtssl.evaluate --workdir=runs/local [--num_images=256] [--step=N] [--nyu]
+    python -m mtssl.eval.dense --workdir=runs/local [--num_images=256] [--step=N] [--nyu]
 
 The evaluation sets of a run (`eval_sets(config)`), each logged under its
 prefix:
@@ -15,11 +15,11 @@ prefix:
                    (`eval.nyu_median_scaling`), as synthetic metres need not be
                    NYU metres. See `mtssl.data.nyu`.
 
-Held-out scenes: for the scene engine, the same scene and render settings
-with another dataset seed (`render.seed + HELD_OUT_SEED_OFFSET`), so no
-evaluation scene is a training scene; for an on-disk synthetic dataset, its
-last `num_images` frames. Images are centre-cropped to the training size and
-predicted in inference mode; the metrics are those of `mtssl.dense_metrics`.
+Held-out scenes (`mtssl.data.sources`): for the scene engine, the same
+scene and render settings with another dataset seed, so no evaluation scene
+is a training scene; for an on-disk synthetic dataset, its last
+`num_images` frames. Images are centre-cropped to the training size and
+predicted in inference mode; the metrics are those of `mtssl.eval.dense_metrics`.
 Training calls `evaluate_sets` every `eval.every_steps`. The standalone
 command writes `<workdir>/eval_<step>.json` and prints it.
 """
@@ -33,44 +33,19 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 
 from mtssl import steps
+from mtssl.cli import set_default_verbosity
 from mtssl.config import tasks_of
 from mtssl.data.nyu import NyuDepthV2
 from mtssl.data.on_disk import SyntheticFolder
 from mtssl.data.pipeline import normalize_images
-from mtssl.data.scenes import TARGET_APPEARANCE
-from mtssl.data.synthetic import from_config as synthetic_from_config
-from mtssl.dense_metrics import DenseMetrics
+from mtssl.data.sources import held_out_source, synthetic_batch, target_source
+from mtssl.eval.dense_metrics import DenseMetrics
 from mtssl.mesh import batch_sharding, data_mesh, replicated, same_to_global
 from mtssl.pretrained import load_run
-
-HELD_OUT_SEED_OFFSET = 1_000_003
-TARGET_SEED_OFFSET = 2_000_029
-
-
-def target_source(config: ml_collections.ConfigDict, *, held_out: bool):
-    """The procedural target domain: the scene engine with `TARGET_APPEARANCE`
-    at the training size; training and held-out scenes use different seeds."""
-    render = ml_collections.ConfigDict(config.synthetic.render.to_dict())
-    render.scene.update(TARGET_APPEARANCE)
-    render.resolution = config.image_size
-    offset = TARGET_SEED_OFFSET + (HELD_OUT_SEED_OFFSET if held_out else 0)
-    render.seed = (render.seed + offset) % 2**32
-    return synthetic_from_config(render)
-
-
-def held_out_source(config: ml_collections.ConfigDict):
-    kind, _, arg = config.synthetic.source.partition(":")
-    if kind == "render":
-        render = ml_collections.ConfigDict(config.synthetic.render.to_dict())
-        render.seed = (render.seed + HELD_OUT_SEED_OFFSET) % 2**32
-        return synthetic_from_config(render)
-    return SyntheticFolder(root=arg, resolution=config.image_size,
-                           depth_scale=config.synthetic.depth_scale)
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
@@ -96,21 +71,6 @@ def eval_sets(config: ml_collections.ConfigDict,
         sets["eval_nyu"] = EvalSet(source, nyu_tasks,
                                    evalc.get("nyu_median_scaling", True))
     return sets
-
-
-def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
-    top, left = (a.shape[1] - size) // 2, (a.shape[2] - size) // 2
-    return a[:, top:top + size, left:left + size]
-
-
-def synthetic_batch(source, indices: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Records `indices` of a synthetic source, centre-cropped to `size`."""
-    if hasattr(source, "render_batch"):
-        batch = source.render_batch(indices)
-    else:
-        records = [source[int(i)] for i in indices]
-        batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
-    return {k: _center_crop(batch[k], size) for k in ("image", "depth", "normals", "contours")}
 
 
 def evaluate_dense(predict, state, source, *, tasks, image_size: int, num_images: int,
@@ -163,7 +123,7 @@ def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = Non
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    set_default_verbosity()
     f = flags.FLAGS
     result = evaluate_checkpoint(f.workdir, num_images=f.num_images, step=f.step,
                                  nyu=f.nyu or None)

@@ -1,7 +1,7 @@
 """What a pretraining checkpoint learned, in numbers: the first thing to look at
 when a probe disappoints.
 
-    python -m mtssl.diagnose --workdir=runs/local [--num_images=64] [--step=N]
+    python -m mtssl.eval.diagnose --workdir=runs/local [--num_images=64] [--step=N]
 
 Prints a report and writes `<workdir>/diagnose_<step>.json` with:
   weights      per layer (encoder, heads, discriminator): weight norm now, at
@@ -45,15 +45,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from flax import nnx
 
 from mtssl import losses, steps
+from mtssl.cli import set_default_verbosity
 from mtssl.data.pipeline import normalize_images
-from mtssl.evaluate import held_out_source, synthetic_batch
+from mtssl.data.sources import held_out_source, real_source, synthetic_batch
 from mtssl.pretrained import load_run
 
 
@@ -198,8 +198,6 @@ def discriminator_history(workdir: epath.Path) -> dict[str, float]:
 
 def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> dict:
     """The report of the module docstring, as a dict."""
-    from mtssl.train import make_sources     # the run's own real domain
-
     workdir = epath.Path(workdir)
     config, static, state, step = load_run(workdir, step)
     _, init = steps.create(config, config.image_size, jax.random.key(config.seed))
@@ -207,9 +205,7 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
 
     held_out = held_out_source(config)
     batch = synthetic_batch(held_out, np.arange(num_images), config.image_size)
-    with_real = ml_collections.ConfigDict(config.to_dict())
-    with_real.da.enabled = True         # a run without DA still has a real domain
-    real = make_sources(with_real)[1]
+    real = real_source(config)          # a run without DA still has a real domain
     if hasattr(real, "render_batch"):
         real_images = real.render_batch(np.arange(num_images))["image"]
     else:
@@ -299,7 +295,7 @@ def summary(report: dict) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
+    set_default_verbosity()
     f = flags.FLAGS
     report = diagnose(f.workdir, num_images=f.num_images, step=f.step)
     out = epath.Path(f.workdir) / f"diagnose_{report['step']}.json"

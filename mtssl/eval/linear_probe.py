@@ -1,6 +1,6 @@
 """Linear probes on frozen encoder features (the Zhang et al. protocol).
 
-    python -m mtssl.linear_probe --config=configs/linear_probe.py --workdir=out \\
+    python -m mtssl.eval.linear_probe --config=configs/linear_probe.py --workdir=out \\
         --config.checkpoint=runs/local --config.dataset=tfds:cifar10
 
 Contract (scripts rely on it): `--workdir` is the output directory;
@@ -47,25 +47,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from etils import epath
 
-from mtssl.classification import (
+from mtssl.eval.classification import (
     classification_loss,
     mean_average_precision,
     multilabel_accuracy,
 )
 from mtssl.cli import run_config_command
-from mtssl.config import defaults as pretrain_defaults
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
+from mtssl.loop import say
 from mtssl.mesh import batch_sharding, data_mesh, replicated, same_to_global
 from mtssl.pretrained import (
     Encoder,
     adapt_statistics,
+    checkpoint_or_random_encoder,
     encoder_forward,
-    load_encoder,
-    random_encoder,
 )
 
 
@@ -226,8 +224,8 @@ def train_probes(train: FeatureSet, dims: dict[str, int], num_classes: int,
         for feats, labels in train.batches(rng):
             params, opt_state, loss = update(params, opt_state, feats, labels)
             losses.append(loss)
-        logging.info("probe epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, config.epochs,
-                     float(np.mean(jax.device_get(losses))), time.perf_counter() - start)
+        say(f"probe epoch {epoch + 1}/{config.epochs}: loss "
+            f"{float(np.mean(jax.device_get(losses))):.4f} ({time.perf_counter() - start:.1f} s)")
     return params
 
 
@@ -264,12 +262,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the probes and writes probe.json / probe.md / probe_run.json."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.checkpoint:
-        encoder = load_encoder(config.checkpoint)
-    else:
-        model_config = pretrain_defaults()
-        model_config.model.update(dict(config.model))
-        encoder = random_encoder(model_config, seed=config.seed)
+    encoder = checkpoint_or_random_encoder(config.checkpoint, config.model, config.seed)
     layers = tuple(config.layers)
     unknown = [name for name in layers if name not in encoder.layers]
     if unknown or not layers:
@@ -312,9 +305,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             for src, idx in ((train_source, train_idx), (train_source, val_idx),
                              (test_source, test_idx))]
     train, val, test = sets
-    logging.info("probing %s on %s: %d train / %d val / %d test, %d classes, dims %s",
-                 config.checkpoint or "random init", config.dataset, len(train), len(val),
-                 len(test), num_classes, dims)
+    say(f"probing {config.checkpoint or 'random init'} on {config.dataset}: {len(train)} "
+        f"train / {len(val)} val / {len(test)} test, {num_classes} classes, dims {dims}")
 
     start = time.perf_counter()
     mean, std = _standardizer(train)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-IGNORE = -1.0
+from mtssl.data.labeled import IGNORE
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:

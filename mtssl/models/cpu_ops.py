@@ -1,0 +1,215 @@
+"""Mathematically identical rewrites of three layer types that XLA:CPU
+computes faster than its own kernels for them: the dilated fc6 as im2col and
+one product (`dilated_conv`), 1x1 convolutions as a product
+(`pointwise_conv`), the heads' stride-2 transposed convolutions as col2im
+(`conv_transpose`, in batch chunks where its per-tap array would be large).
+On other backends each is the module's own op. `plain_ops()` turns them (and
+`layers.BatchNorm`'s written-out backward) off while tracing: the benchmark
+counts the plain network's FLOPs that way ("model FLOPs"), and the tests
+compare both forms. Measured speed-ups: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Within this block (while tracing), layers use their plain operations
+    on every backend. JAX's trace caches do not key on this switch, so they
+    are cleared on entry and exit."""
+    previous = getattr(_plain, "on", False)
+    _plain.on = True
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        _plain.on = previous
+        jax.clear_caches()
+
+
+def plain_ops_active() -> bool:
+    return getattr(_plain, "on", False)
+
+
+def _rewrite_for_cpu() -> bool:
+    return jax.default_backend() == "cpu" and not plain_ops_active()
+
+
+def _in_compute_dtype(layer: nnx.Module, x: jax.Array):
+    """(x, kernel, bias) in the layer's compute dtype (default: promoted),
+    for the rewrites below that use a layer's parameters directly."""
+    kernel = layer.kernel[...]
+    bias = None if layer.bias is None else layer.bias[...]
+    dtype = layer.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+    return (x.astype(dtype), kernel.astype(dtype),
+            None if bias is None else bias.astype(dtype))
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`nnx.ConvTranspose(strides=2, padding="VALID")` (lax.conv_transpose,
+    kernel not transposed) for NHWC x and an odd HWIO kernel, as col2im.
+
+    One matrix product makes every tap's contribution, cols = x @ kernel
+    (N, H, W, kh, kw, cout); output pixel (2m + p, 2n + q) sums the taps of
+    parity (p, q), each shifted by its tap offset (`_col2im_2x`). Same
+    parameters and FLOPs as the plain op, whose gradients XLA:CPU computes
+    in a generic kernel.
+    """
+    kh, kw, cin, cout = kernel.shape
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"conv_transpose_2x needs odd kernels, got {kh}x{kw}")
+    n, h, w, _ = x.shape
+    # lax.conv_transpose correlates the stride-dilated input with the kernel,
+    # so input pixel i reaches output 2i + a through the flipped tap kh-1-a.
+    flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+
+    def one_chunk(x):
+        cols = (x.reshape(-1, cin) @ flipped).reshape(*x.shape[:3], kh, kw, cout)
+        return _col2im_2x(cols)
+
+    chunks = _batch_chunks(n, h * w * kh * kw * cout * x.dtype.itemsize)
+    if chunks == 1:
+        return one_chunk(x)
+    # Example i goes to chunk i % chunks, so a batch sharded over devices
+    # stays sharded inside each chunk.
+    per_chunk = x.reshape(n // chunks, chunks, h, w, cin).swapaxes(0, 1)
+    y = jax.lax.map(one_chunk, per_chunk)
+    return y.swapaxes(0, 1).reshape(n, *y.shape[2:])
+
+
+# The largest per-tap array (`cols`) conv_transpose_2x makes at once: the
+# three heads' arrays are live together, so chunking the batch bounds the
+# step's temporary memory (sizes chosen by measurement: docs/performance.md).
+# Autodiff of the chunk loop keeps only its inputs, as the unchunked product
+# does.
+_COLS_CHUNK_BYTES = 160 * 2 ** 20
+
+
+def _batch_chunks(n: int, bytes_per_example: int) -> int:
+    """The fewest batch chunks (a divisor of n) whose per-tap arrays fit
+    `_COLS_CHUNK_BYTES` (one example per chunk if none does)."""
+    return next((c for c in range(1, n + 1)
+                 if n % c == 0 and n // c * bytes_per_example <= _COLS_CHUNK_BYTES), n)
+
+
+@jax.custom_vjp
+def _col2im_2x(cols: jax.Array) -> jax.Array:
+    """(N, H, W, kh, kw, C) per-tap contributions -> the stride-2 output:
+    tap (a, b) of input pixel (i, j) adds to output (2i + a, 2j + b)."""
+    n, h, w, kh, kw, cout = cols.shape
+    hh, ww = h + kh // 2, w + kw // 2          # phase output size (largest)
+    phases = []
+    for p in range(2):
+        row = []
+        for q in range(2):
+            acc = None
+            for a in range(p, kh, 2):
+                for b in range(q, kw, 2):
+                    s, t = a // 2, b // 2
+                    tap = jnp.pad(cols[:, :, :, a, b],
+                                  ((0, 0), (s, hh - h - s), (t, ww - w - t), (0, 0)))
+                    acc = tap if acc is None else acc + tap
+            row.append(acc)
+        phases.append(jnp.stack(row, axis=3))          # (n, hh, ww, 2, c)
+    out = jnp.stack(phases, axis=2).reshape(n, 2 * hh, 2 * ww, cout)
+    return out[:, :2 * (h - 1) + kh, :2 * (w - 1) + kw]
+
+
+def _col2im_2x_fwd(cols):
+    return _col2im_2x(cols), cols.shape
+
+
+def _col2im_2x_bwd(shape, grad):
+    # Each tap's cotangent is one window of the output's: gathering the
+    # windows into one stacked array avoids what autodiff of the pads makes,
+    # a sum of kh*kw zero-padded copies of the whole (N, H, W, kh, kw, C)
+    # array (that sum was ~17% of the paper network's step at 96 px on CPU).
+    n, h, w, kh, kw, cout = shape
+    hh, ww = h + kh // 2, w + kw // 2
+    full = jnp.pad(grad, ((0, 0), (0, 2 * hh - grad.shape[1]),
+                          (0, 2 * ww - grad.shape[2]), (0, 0)))
+    phase = full.reshape(n, hh, 2, ww, 2, cout)
+    taps = [[phase[:, a // 2:a // 2 + h, a % 2, b // 2:b // 2 + w, b % 2]
+             for b in range(kw)] for a in range(kh)]
+    return (jnp.stack([jnp.stack(row, axis=3) for row in taps], axis=3),)
+
+
+_col2im_2x.defvjp(_col2im_2x_fwd, _col2im_2x_bwd)
+
+
+def conv_transpose(up: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
+    """`up(x)` for the heads' stride-2 VALID transposed convolutions: on CPU
+    via `conv_transpose_2x`, elsewhere the module's own op."""
+    if not _rewrite_for_cpu():
+        return up(x)
+    x, kernel, bias = _in_compute_dtype(up, x)
+    y = conv_transpose_2x(x, kernel)
+    return y if bias is None else y + bias
+
+
+def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a 1x1 stride-1 `nnx.Conv` (AlexNet's fc7); on CPU as
+    one matrix product, whose gradients XLA:CPU computes faster."""
+    if not _rewrite_for_cpu():
+        return conv(x)
+    x, kernel, bias = _in_compute_dtype(conv, x)
+    y = x @ kernel[0, 0]
+    return y if bias is None else y + bias
+
+
+def dilated_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a stride-1 dilated `nnx.Conv` with explicit padding.
+
+    On CPU it is computed by `dilated_conv_im2col` (XLA:CPU runs dilated
+    convolutions in a generic kernel; this is AlexNet's fc6). Elsewhere it is
+    the module's own op.
+    """
+    if not _rewrite_for_cpu():
+        return conv(x)
+    dilation = conv.kernel_dilation
+    x, kernel, bias = _in_compute_dtype(conv, x)
+    y = dilated_conv_im2col(x, kernel, conv.padding,
+                            dilation if isinstance(dilation, tuple) else (dilation,) * 2)
+    return y if bias is None else y + bias
+
+
+def dilated_conv_im2col(x: jax.Array, kernel: jax.Array, padding, dilation) -> jax.Array:
+    """Stride-1 dilated convolution (NHWC, HWIO) as im2col, the dilated taps
+    concatenated along channels, and one matrix product.
+
+    Kernel rows (columns) whose taps land on padding for every output are
+    left out: they only ever multiply zeros (AlexNet's fc6 on the 5x5 conv5
+    map of a 96 px image keeps 4x4 of its 36 taps; at 227 px every tap is
+    used somewhere).
+    """
+    kh, kw, cin, cout = kernel.shape
+    (pt, pb), (pl, pr) = padding
+    dh, dw = dilation
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh = xp.shape[1] - dh * (kh - 1)
+    ow = xp.shape[2] - dw * (kw - 1)
+    i0, i1 = _taps_in_bounds(x.shape[1], oh, pt, kh, dh)
+    j0, j1 = _taps_in_bounds(x.shape[2], ow, pl, kw, dw)
+    patches = jnp.concatenate([xp[:, i * dh:i * dh + oh, j * dw:j * dw + ow]
+                               for i in range(i0, i1) for j in range(j0, j1)], axis=-1)
+    return patches @ kernel[i0:i1, j0:j1].reshape(-1, cout)
+
+
+def _taps_in_bounds(size: int, out: int, pad: int, k: int, dilation: int) -> tuple[int, int]:
+    """[first, last + 1) of the kernel taps (along one axis) that read an
+    input pixel, not padding, for at least one of the `out` outputs; the
+    others are the outermost taps, so the used ones are contiguous."""
+    used = [i for i in range(k) if any(0 <= o - pad + i * dilation < size
+                                       for o in range(out))]
+    if not used:
+        raise ValueError(f"every tap of a {k}-wide kernel lands on padding")
+    return used[0], used[-1] + 1
