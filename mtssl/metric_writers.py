@@ -7,8 +7,8 @@
   * `<workdir>/tensorboard/events.out.tfevents.*`: TensorBoard scalars and
     images, written by the small event-file encoder below (TensorBoard's
     file format is a TFRecord of `Event` protos), so neither TensorFlow nor
-    the tensorboard package is needed to write them; `read_events` reads
-    them back;
+    the tensorboard package is needed to write them (the tests read them
+    with TensorBoard's own event loader);
   * `<workdir>/images/<name>_<step>.png`.
 """
 
@@ -19,7 +19,7 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -91,70 +91,6 @@ def _image_value(tag: str, png: bytes, height: int, width: int) -> bytes:
     image = (_field(1, 0) + _varint(height) + _field(2, 0) + _varint(width)
              + _field(3, 0) + _varint(3) + _bytes_field(4, png))
     return _bytes_field(1, _bytes_field(1, tag.encode()) + _bytes_field(4, image))
-
-
-def _parse(buf: bytes) -> Iterator[tuple[int, int, object]]:
-    """(field number, wire type, value) of one protobuf message."""
-    i = 0
-
-    def varint():
-        nonlocal i
-        n = shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return n
-    while i < len(buf):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            yield number, wire, varint()
-        elif wire == 1:
-            yield number, wire, buf[i:i + 8]
-            i += 8
-        elif wire == 5:
-            yield number, wire, buf[i:i + 4]
-            i += 4
-        elif wire == 2:
-            n = varint()
-            yield number, wire, buf[i:i + n]
-            i += n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def read_events(path: str | epath.Path) -> list[dict]:
-    """Reads an event file: one dict per event with `step`, `wall_time` and
-    `scalars` {tag: value} / `images` {tag: png bytes}. CRCs are checked."""
-    data = epath.Path(path).read_bytes()
-    events, i = [], 0
-    while i < len(data):
-        (length,) = struct.unpack("<Q", data[i:i + 8])
-        (len_crc,) = struct.unpack("<I", data[i + 8:i + 12])
-        payload = data[i + 12:i + 12 + length]
-        (data_crc,) = struct.unpack("<I", data[i + 12 + length:i + 16 + length])
-        if len_crc != _masked_crc(data[i:i + 8]) or data_crc != _masked_crc(payload):
-            raise ValueError(f"{path}: corrupt record at byte {i}")
-        i += 16 + length
-        event = {"scalars": {}, "images": {}}
-        for number, _, value in _parse(payload):
-            if number == 1:
-                (event["wall_time"],) = struct.unpack("<d", value)
-            elif number == 2:
-                event["step"] = value
-            elif number == 5:
-                for _, _, v in _parse(value):
-                    fields = {n: x for n, _, x in _parse(v)}
-                    tag = fields[1].decode()
-                    if 2 in fields:
-                        event["scalars"][tag] = struct.unpack("<f", fields[2])[0]
-                    elif 4 in fields:
-                        event["images"][tag] = {n: x for n, _, x in _parse(fields[4])}[4]
-        events.append(event)
-    return events
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -107,6 +107,27 @@ def wait_for_row(proc, metrics, done, timeout=300):
         time.sleep(0.05)
 
 
+def tensorboard_events(path) -> list[dict]:
+    """An event file read by TensorBoard's own loader (the tensorboard
+    package, a test dependency): one dict per event with `step`,
+    `file_version`, `scalars` {tag: float} and `images` {tag: png bytes}.
+    The loader checks every record's CRCs and stops at a corrupt one."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+    events = []
+    for event in EventFileLoader(str(path)).Load():
+        out = {"step": event.step, "file_version": event.file_version, "scalars": {},
+               "images": {}}
+        for value in event.summary.value:
+            array = tensor_util.make_ndarray(value.tensor)
+            if value.metadata.plugin_data.plugin_name == "images":
+                out["images"][value.tag] = array[2]      # [width, height, png]
+            else:
+                out["scalars"][value.tag] = float(array)
+        events.append(out)
+    return events
+
+
 def restored_state(workdir, config, step):
     """The TrainState of checkpoint `step` of a run with `config`."""
     _, init = steps.create(config, config.image_size, jax.random.key(0), 16)

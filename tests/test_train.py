@@ -17,13 +17,13 @@ from helpers import (
     command,
     probe_config,
     restored_state,
+    tensorboard_events,
     tiny_config,
     wait_for_row,
     write_toy_folder,
 )
 
 from mtssl import checkpointing, train
-from mtssl.metric_writers import read_events
 
 
 def test_main_writes_checkpoint_metrics_events_and_images(tiny_run):
@@ -39,7 +39,7 @@ def test_main_writes_checkpoint_metrics_events_and_images(tiny_run):
     assert 0 < line["eval/normals/mean_deg"] < 180 and 0 <= line["eval/contours/f"] <= 1
     assert "eval at step 2: depth/abs_rel" in stdout
     (events,) = (workdir / "tensorboard").iterdir()
-    logged = [e for e in read_events(events) if e["scalars"]]
+    logged = [e for e in tensorboard_events(events) if e["scalars"]]
     assert logged[0]["scalars"]["loss/depth"] == pytest.approx(line["loss/depth"])
     assert (workdir / "images" / "predictions_00000002.png").exists()
     saved = json.loads((workdir / "config.json").read_text())
