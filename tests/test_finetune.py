@@ -172,3 +172,7 @@ def test_unknown_dataset_names_the_choices(tmp_path):
         finetune.run(finetune_config(dataset="cifar"), str(tmp_path))
     with pytest.raises(ValueError, match="init_norm, change_rate, none"):
         finetune.run(finetune_config(rescale="krahenbuhl"), str(tmp_path))
+    for field, value in (("save_every", 0), ("min_scale", 0.0), ("dropout", 1.0),
+                         ("test_scale", 0.5)):
+        with pytest.raises(ValueError, match=field):
+            finetune.validate(finetune_config(**{field: value}))

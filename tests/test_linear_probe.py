@@ -171,3 +171,14 @@ def test_probe_protocol_options(tmp_path):
     assert "grayscale images" in (tmp_path / "other" / "probe.md").read_text()
     with pytest.raises(ValueError, match="post_relu, pre_relu"):
         linear_probe.run(probe_config(taps="relu", **common), str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("crop", "centre", "random_crop, center_crop, resize"),
+    ("l2", (1e-4, -1.0), "weights >= 0"),
+    ("val_fraction", 1.0, r"in \(0, 1\)"),
+    ("epochs", 0, ">= 1"),
+])
+def test_bad_probe_config_names_the_valid_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        linear_probe.validate(probe_config(**{field: value}))

@@ -372,13 +372,26 @@ def rescaled(state: FinetuneState, static: Static, initial_params, source, confi
 RESCALINGS = ("init_norm", "change_rate", "none")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Fine-tunes (or resumes), evaluates, writes finetune.json / .md."""
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Stops a bad fine-tuning config before any encoder is loaded or
+    compiled, naming the valid values."""
     if config.rescale not in RESCALINGS:
         raise ValueError(f"rescale={config.rescale!r}; valid: {', '.join(RESCALINGS)}")
-    for field in ("log_every", "save_every", "rescale_batches", "batch_size"):
+    for field in ("log_every", "save_every", "rescale_batches", "batch_size", "num_steps",
+                  "lr_decay_every"):
         if config[field] < 1:
             raise ValueError(f"{field}={config[field]}; it must be >= 1")
+    if not 0 < config.min_scale <= 1:
+        raise ValueError(f"min_scale={config.min_scale}; it must be in (0, 1]")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"dropout={config.dropout}; it must be in [0, 1)")
+    if config.test_scale < 1:
+        raise ValueError(f"test_scale={config.test_scale}; it must be >= 1")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Fine-tunes (or resumes), evaluates, writes finetune.json / .md."""
+    validate(config)
     workdir = epath.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     encoder = checkpoint_or_random_encoder(config.checkpoint, config.model, config.seed)

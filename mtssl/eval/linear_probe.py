@@ -55,6 +55,7 @@ from mtssl.eval.classification import (
     multilabel_accuracy,
 )
 from mtssl.cli import run_config_command
+from mtssl.data import real
 from mtssl.data.labeled import make_labeled
 from mtssl.data.pipeline import normalize_images
 from mtssl.loop import say
@@ -258,8 +259,26 @@ def evaluate_probes(params, features: FeatureSet, multilabel: bool, mean, std):
     return results
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Stops a bad probe config before any encoder is loaded or compiled,
+    naming the valid values."""
+    choices = (("taps", TAPS), ("bn_stats", BN_STATS), ("crop", real.CROPS))
+    for name, valid in choices:
+        if config[name] not in valid:
+            raise ValueError(f"config.{name}={config[name]!r} is not valid; choose one of: "
+                             f"{', '.join(valid)}")
+    if not config.l2 or min(config.l2) < 0:
+        raise ValueError(f"config.l2={tuple(config.l2)!r}: give one or more weights >= 0")
+    if not 0 < config.val_fraction < 1:
+        raise ValueError(f"config.val_fraction={config.val_fraction}: it must be in (0, 1)")
+    for name in ("batch_size", "epochs", "feature_dims"):
+        if config[name] < 1:
+            raise ValueError(f"config.{name}={config[name]}: it must be >= 1")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the probes and writes probe.json / probe.md / probe_run.json."""
+    validate(config)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     encoder = checkpoint_or_random_encoder(config.checkpoint, config.model, config.seed)
@@ -267,10 +286,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     unknown = [name for name in layers if name not in encoder.layers]
     if unknown or not layers:
         raise ValueError(f"config.layers={layers!r}: choose from {', '.join(encoder.layers)}")
-    for name, valid in (("taps", TAPS), ("bn_stats", BN_STATS)):
-        if config[name] not in valid:
-            raise ValueError(f"config.{name}={config[name]!r} is not valid; choose one of: "
-                             f"{', '.join(valid)}")
     protocol = {"taps": config.taps, "bn_stats": config.bn_stats,
                 "grayscale": bool(config.grayscale)}
     image_size = config.image_size or encoder.config.image_size
