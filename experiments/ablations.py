@@ -1,6 +1,6 @@
 """The paper's ablations at a CPU-feasible scale, as one markdown table.
 
-    python experiments/ablations.py                      # all variants, seeds 0 and 1
+    python experiments/ablations.py                      # all variants, seeds 0, 1, 2
     python experiments/ablations.py --seeds=0 --steps=200 --variants=all3,all3+da
 
 Each (variant, seed) is two commands, run as subprocesses and recorded
@@ -113,6 +113,11 @@ def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
     return row
 
 
+def best_layer(row: dict) -> float:
+    """A run's photos probe accuracy at its best layer."""
+    return max(row["probe"][layer] for layer in LAYERS)
+
+
 def markdown(rows: list[dict], steps: int, seeds: list[int], info: dict) -> str:
     variants = ["random", *[v for v in VARIANTS if any(r["variant"] == v for r in rows)]]
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in variants}
@@ -124,15 +129,19 @@ def markdown(rows: list[dict], steps: int, seeds: list[int], info: dict) -> str:
          "mean ± half-range over seeds."),
         "",
         "| variant | n | photos probe acc % conv1 | conv2 | conv3 | conv4 | conv5 | "
+        "best layer - random init's (same seed) | "
         + " | ".join(f"synthetic {name}" for _, name, _ in DENSE) + " | "
         + " | ".join(f"target {name}" for _, name, _ in DENSE) + " |",
-        "|---" * (7 + 2 * len(DENSE)) + "|",
+        "|---" * (8 + 2 * len(DENSE)) + "|",
     ]
+    random_best = {r["seed"]: best_layer(r) for r in by_variant["random"]}
     for v in variants:
         rs = by_variant[v]
         if not rs:
             continue
         cells = [spread_cell([r["probe"][layer] for r in rs], 100, 1) for layer in LAYERS]
+        cells.append(spread_cell([best_layer(r) - random_best[r["seed"]] for r in rs
+                                  if r["seed"] in random_best], 100, 1, signed=True))
         for prefix in ("eval/", "eval_target/"):
             for key, _, digits in DENSE:
                 cells.append(spread_cell([r["dense"][prefix + key] for r in rs
@@ -153,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/ablations",
                         help="results as <out>.json and <out>.md")
     parser.add_argument("--runs", default="runs/ablations", help="run and probe folders")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of: {', '.join(VARIANTS)}")
