@@ -1,10 +1,14 @@
 """Checkpoint diagnostics: each number against a case whose answer is known."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
+from mtssl.config import load_config_file
 from mtssl.eval import diagnose
 
 
@@ -38,10 +42,15 @@ def test_contour_oracle_is_exact_at_cell_one_and_trivial_at_image_size():
         np.mean(2 * (1 - share) * np.log(2.0)), rel=1e-3)
 
 
-def test_diagnose_a_checkpoint(tiny_run):
-    workdir, _ = tiny_run
-    report = diagnose.diagnose(str(workdir), num_images=4)
-    json.dumps(report)                                    # the JSON the command writes
+def test_diagnose_a_checkpoint(tiny_run, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], workdir)
+    config = load_config_file(os.path.join(ROOT, "configs/diagnose.py"))
+    config.num_images = 4
+    report = diagnose.run(config, str(workdir))            # what the command runs
+    assert json.loads((workdir / "diagnose_2.json").read_text()) == json.loads(
+        json.dumps(report))
+    assert "| g/encoder/conv1 |" in capsys.readouterr().out
     assert report["step"] == 2
     # Two Adam steps of lr 1e-3 move every G kernel a little, from the run's
     # own initialisation.

@@ -24,6 +24,7 @@ from helpers import (
 )
 
 from mtssl import checkpointing, train
+from mtssl.config import load_config_file
 
 
 def test_main_writes_checkpoint_metrics_events_and_images(tiny_run):
@@ -106,10 +107,14 @@ def test_trained_encoder_loads_from_any_checkpoint_path_and_probes(tiny_run, tmp
     assert run_info["checkpoint_step"] == encoder.step and run_info["image_size"] == 64
 
 
-def test_standalone_evaluation_matches_the_training_time_one(tiny_run):
-    from mtssl.eval.dense import evaluate_checkpoint
-    workdir, _ = tiny_run
-    result = evaluate_checkpoint(str(workdir), num_images=6, step=2, batch_size=4)
+def test_standalone_evaluation_matches_the_training_time_one(tiny_run, tmp_path):
+    from mtssl.eval import dense
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], workdir)
+    config = load_config_file(os.path.join(ROOT, "configs/dense.py"))
+    config.num_images, config.step, config.batch_size = 6, 2, 4
+    result = dense.run(config, str(workdir))              # what the command runs
+    assert json.loads((workdir / "eval_2.json").read_text()) == result
     logged = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
     assert result["step"] == 2
     for key in ("eval/depth/abs_rel", "eval/normals/mean_deg", "eval/contours/f"):

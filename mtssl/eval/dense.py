@@ -1,6 +1,7 @@
 """Dense-task evaluation of a pretraining run on held-out synthetic scenes.
 
-    python -m mtssl.eval.dense --workdir=runs/local [--num_images=256] [--step=N] [--nyu]
+    python -m mtssl.eval.dense --config=configs/dense.py --workdir=runs/local \
+        [--config.num_images=256] [--config.step=N] [--config.nyu=True]
 
 The evaluation sets of a run (`eval_sets(config)`), each logged under its
 prefix:
@@ -10,7 +11,7 @@ prefix:
                    so the gap to eval/ measures how well the features transfer
                    across the appearance change, with and without DA;
   eval_nyu/...     NYU Depth v2 (TFDS `nyu_depth_v2`, `eval.nyu_split`) depth
-                   and normals, when `eval.nyu` (or --nyu) and the dataset is
+                   and normals, when `eval.nyu` (or the command's `nyu`) and the dataset is
                    prepared; depth median-scaled per image by default
                    (`eval.nyu_median_scaling`), as synthetic metres need not be
                    NYU metres. See `mtssl.data.nyu`.
@@ -33,11 +34,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
 from etils import epath
 
 from mtssl import steps
-from mtssl.cli import set_default_verbosity
+from mtssl.cli import run_config_command
 from mtssl.config import tasks_of
 from mtssl.data.nyu import NyuDepthV2
 from mtssl.data.on_disk import SyntheticFolder
@@ -120,23 +120,21 @@ def evaluate_checkpoint(workdir: str, *, num_images: int, step: int | None = Non
     return {"step": step, "num_images": num_images, **result}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    set_default_verbosity()
-    f = flags.FLAGS
-    result = evaluate_checkpoint(f.workdir, num_images=f.num_images, step=f.step,
-                                 nyu=f.nyu or None)
-    out = epath.Path(f.workdir) / f"eval_{result['step']}.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+def run(config, workdir: str) -> dict[str, float]:
+    """Evaluates run `workdir` as `config` (configs/dense.py) says and writes
+    `<workdir>/eval_<step>.json`."""
+    if config.num_images < 1 or config.batch_size < 1:
+        raise ValueError("num_images and batch_size must be >= 1")
+    result = evaluate_checkpoint(workdir, num_images=config.num_images,
+                                 step=None if config.step < 0 else config.step,
+                                 batch_size=config.batch_size, nyu=config.nyu or None)
+    if jax.process_index() == 0:
+        out = epath.Path(workdir) / f"eval_{result['step']}.json"
+        out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1), flush=True)
+    return result
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "A pretraining workdir.")
-    flags.DEFINE_integer("num_images", 256, "Held-out scenes to evaluate on.")
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-    flags.DEFINE_bool("nyu", False, "Also evaluate on NYU Depth v2 (TFDS nyu_depth_v2), "
-                      "whatever the run's eval.nyu says.")
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    run_config_command(run, "Dense evaluation config (configs/dense.py).",
+                       "The pretraining workdir to evaluate.")

@@ -1,7 +1,8 @@
 """What a pretraining checkpoint learned, in numbers: the first thing to look at
 when a probe disappoints.
 
-    python -m mtssl.eval.diagnose --workdir=runs/local [--num_images=64] [--step=N]
+    python -m mtssl.eval.diagnose --config=configs/diagnose.py --workdir=runs/local \
+        [--config.num_images=64] [--config.step=N]
 
 Prints a report and writes `<workdir>/diagnose_<step>.json` with:
   weights      per layer (encoder, heads, discriminator): weight norm now, at
@@ -46,12 +47,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 from etils import epath
 from flax import nnx
 
 from mtssl import losses, steps
-from mtssl.cli import set_default_verbosity
+from mtssl.cli import run_config_command
 from mtssl.data.pipeline import normalize_images
 from mtssl.data.sources import held_out_source, real_source, synthetic_batch
 from mtssl.pretrained import load_run
@@ -292,21 +292,21 @@ def summary(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    set_default_verbosity()
-    f = flags.FLAGS
-    report = diagnose(f.workdir, num_images=f.num_images, step=f.step)
-    out = epath.Path(f.workdir) / f"diagnose_{report['step']}.json"
-    out.write_text(json.dumps(report, indent=1))
-    print(summary(report), flush=True)
-    print(f"written to {out}")
+def run(config, workdir: str) -> dict:
+    """Diagnoses run `workdir` as `config` (configs/diagnose.py) says, writes
+    `<workdir>/diagnose_<step>.json` and prints the summary."""
+    if config.num_images < 1:
+        raise ValueError(f"num_images={config.num_images}; it must be >= 1")
+    report = diagnose(workdir, num_images=config.num_images,
+                      step=None if config.step < 0 else config.step)
+    if jax.process_index() == 0:
+        out = epath.Path(workdir) / f"diagnose_{report['step']}.json"
+        out.write_text(json.dumps(report, indent=1))
+        print(summary(report), flush=True)
+        print(f"written to {out}", flush=True)
+    return report
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "A pretraining workdir (or checkpoint folder).")
-    flags.DEFINE_integer("num_images", 64, "Held-out scenes and real images to use.")
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    run_config_command(run, "Diagnostics config (configs/diagnose.py).",
+                       "The pretraining workdir to diagnose.")
