@@ -17,7 +17,7 @@ import statistics
 import time
 
 import numpy as np
-from _common import machine, peak_rss_mb, write_rows
+from _common import machine, machine_label, peak_rss_mb, write_rows
 
 from mtssl.data import SyntheticScenes
 
@@ -69,8 +69,8 @@ def main():
                 print(f"{row['config']:>28s} {res:4d} px  batch {b:3d}: "
                       f"{row['images_per_s']:8.1f} img/s (best "
                       f"{row['best_images_per_s']:.1f}), compile "
-                      f"{row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
-                      flush=True)
+                      f"{row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB "
+                      f"[{machine_label(info)}]", flush=True)
     write_rows(rows, args.out)
 
 

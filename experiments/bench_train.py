@@ -41,7 +41,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import load_config, machine, peak_rss_mb, write_rows
+from _common import load_config, machine, machine_label, peak_rss_mb, write_rows
 
 from mtssl import steps, train
 from mtssl.data.sources import training_sources
@@ -191,6 +191,7 @@ def main():
         return
 
     info = machine()
+    label = machine_label(info)
     print(f"machine: {info}")
     rows = []
     for config in args.configs:
@@ -205,8 +206,8 @@ def main():
                   f"({row['flops_per_step'] / 1e9:.0f} executed), "
                   f"{row['achieved_gflops']:.0f} GFLOP/s = {100 * row['mfu']:.0f}% of "
                   f"matmul peak {row['matmul_peak_gflops']:.0f}, "
-                  f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB",
-                  flush=True)
+                  f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB "
+                  f"[{label}]", flush=True)
         for on_device in ((False, True) if args.on_device else (False,)):
             if args.pipeline_steps <= 0:
                 break
@@ -219,7 +220,7 @@ def main():
                   f"pipeline{' (on device)' if on_device else ''}: "
                   f"{row['images_per_s']:7.1f} img/s end to end, input wait "
                   f"{100 * row['input_wait_share']:.1f}%, renderer "
-                  f"{row['renderer_images_per_s'] or 0:.0f} img/s", flush=True)
+                  f"{row['renderer_images_per_s'] or 0:.0f} img/s [{label}]", flush=True)
     write_rows(rows, args.out)
 
 
