@@ -1,6 +1,7 @@
 """Export a trained encoder to a plain `.npz`, BatchNorm folded into the convolutions.
 
-    python -m mtssl.export --workdir=runs/local --out=encoder.npz
+    python -m mtssl.export --config=configs/export.py --workdir=runs/local \
+        [--config.out=encoder.npz]      # default: <workdir>/encoder.npz
 
 The file holds, for every convolution of the encoder, `<layer>/kernel`
 (HWIO, float32) and `<layer>/bias`, with the inference-mode BatchNorm that
@@ -26,9 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from etils import epath
 from flax import nnx
 
+from mtssl.cli import run_config_command
 from mtssl.data.pipeline import IMAGENET_MEAN
 from mtssl.pretrained import Encoder, load_encoder
 
@@ -137,16 +139,16 @@ def npz_forward(weights, images: jax.Array) -> dict[str, jax.Array]:
     return taps
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    encoder = load_encoder(flags.FLAGS.workdir)
-    save_npz(encoder, flags.FLAGS.out)
-    print(f"wrote {flags.FLAGS.out} (step {encoder.step}, {encoder.config.model.encoder})")
+def run(config, workdir: str) -> str:
+    """Exports the encoder of run `workdir` to `config.out` (default
+    `<workdir>/encoder.npz`); returns the path."""
+    encoder = load_encoder(workdir)
+    out = config.out or str(epath.Path(workdir) / "encoder.npz")
+    save_npz(encoder, out)
+    print(f"wrote {out} (step {encoder.step}, {encoder.config.model.encoder})", flush=True)
+    return out
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Pretraining workdir or checkpoint directory.")
-    flags.DEFINE_string("out", None, "Output .npz path.")
-    flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    run_config_command(run, "Export config (configs/export.py).",
+                       "The pretraining workdir (or checkpoint folder) to export.")

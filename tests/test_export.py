@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from mtssl.config import defaults
 from mtssl.export import npz_forward, save_npz
@@ -58,3 +60,17 @@ def test_group_norm_encoders_are_refused():
     from mtssl.export import export_weights
     with pytest.raises(ValueError, match="BatchNorm"):
         export_weights(trained_looking_encoder("alexnet", norm="group"))
+
+
+def test_export_command_writes_the_checkpoints_encoder(tiny_run, tmp_path):
+    from mtssl import export
+    from mtssl.config import load_config_file
+    from mtssl.pretrained import load_encoder
+    config = load_config_file(os.path.join(ROOT, "configs/export.py"))
+    config.out = str(tmp_path / "enc.npz")
+    assert export.run(config, str(tiny_run[0])) == config.out     # what the command runs
+    weights = np.load(config.out)
+    encoder = load_encoder(tiny_run[0])
+    kernel = np.asarray(encoder.params["conv1"]["kernel"][...])
+    assert weights["conv1/kernel"].shape == kernel.shape
+    assert json.loads(str(weights["meta"]))["taps"] == list(encoder.layers)
