@@ -50,8 +50,8 @@ VARIANTS = {
     "all3+da": ("all three + DA at conv5 (the paper)", []),
     "all3+da@conv4": ("all three + DA at conv4", ["--config.model.adapt_layer=conv4"]),
     "all3+da@conv3": ("all three + DA at conv3", ["--config.model.adapt_layer=conv3"]),
-    "all3+da-gray": ("the paper without the grayscale trick",
-                     ["--config.data.grayscale=False"]),
+    "all3+da+gray": ("the paper with its grayscale trick (runlocal has it off)",
+                     ["--config.data.grayscale=True"]),
 }
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DENSE = (("depth/abs_rel", "depth abs-rel", 3), ("normals/mean_deg", "normals mean deg", 1),
