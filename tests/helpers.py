@@ -34,6 +34,7 @@ TINY = {
     "log.every_steps": 2, "log.images_every_steps": 4, "log.num_images": 2,
     "eval.every_steps": 2, "eval.num_images": 6,
     "checkpoint.every_steps": 2, "checkpoint.keep": 5,
+    "data.grayscale": False,           # as runlocal; the grayscale path: test_pipeline
 }
 
 
