@@ -161,11 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     predict, state, evaluation, image_size=config.image_size,
                     num_images=config.eval.num_images, batch_size=config.batch_size,
                     sharding=data_sharding)
-                if jax.process_index() == 0:
-                    for prefix in evaluation:
-                        print(f"{prefix} at step {step}: " + ", ".join(
-                            f"{k.partition('/')[2]} {v:.3f}" for k, v in scores.items()
-                            if k.startswith(prefix + "/")), flush=True)
+                for prefix in evaluation:
+                    say(f"{prefix} at step {step}: " + ", ".join(
+                        f"{k.partition('/')[2]} {v:.3f}" for k, v in scores.items()
+                        if k.startswith(prefix + "/")))
                 if log_now:
                     last.update(scores)
                 else:
@@ -183,9 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         last[f"data/skipped_{domain}"] = source.skipped.count
                 eta = (total_steps - step) * elapsed / window_steps
                 writer.write_scalars(step, last)
-                if jax.process_index() == 0:
-                    print(console_line(step, total_steps, last, images_per_s, eta),
-                          flush=True)
+                say(console_line(step, total_steps, last, images_per_s, eta))
                 window_start, window_steps, wait_s = time.perf_counter(), 0, 0.0
             if previews is not None and itstime(step, config.log.images_every_steps,
                                                 total_steps):

@@ -178,17 +178,11 @@ def train_step(state: FinetuneState, batch: dict[str, jax.Array], *, static: Sta
     return state.replace(step=state.step + 1, params=params, stats=stats, opt=opt), metrics
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _conv_group(path) -> str | None:
     """The encoder convolution a parameter belongs to (its kernel and, before
     a GroupNorm, its bias), or None for norm parameters and the classifier."""
-    keys = [name for k in path if (name := _key_name(k)) != "value"]
+    keys = [k for k in jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+            if k != "value"]
     if keys[0] != "encoder" or keys[-1] not in ("kernel", "bias") or any(
             "norm" in k for k in keys):
         return None
@@ -345,15 +339,15 @@ def evaluate(predict, state, source, config, image_size: int, sharding) -> dict[
     return {"accuracy": float((scores.argmax(-1) == labels).mean()), "test_examples": n}
 
 
-def rescaled(state: FinetuneState, static: Static, initial_params, source, config,
+def rescaled(state: FinetuneState, static: Static, encoder, source, config,
              image_size: int, local_batch: int, sharding) -> FinetuneState:
     """`state` with its encoder convolutions rescaled as `config.rescale`
-    says: "init_norm" to the norms of `initial_params` (a random init of the
-    same architecture); "change_rate" by Krähenbühl's calibration, the
+    says: "init_norm" to the norms of a random init of `encoder`'s
+    architecture; "change_rate" by Krähenbühl's calibration, the
     gradients measured on `config.rescale_batches` training batches of their
     own random stream."""
     if config.rescale == "init_norm":
-        factors = init_norm_factors(state.params, initial_params)
+        factors = init_norm_factors(state.params, initial_encoder_params(encoder, config))
     else:
         measure = jax.jit(lambda s, b: squared_gradient_norms(s, b, static=static))
         batches = iter(train_dataset(source, config, image_size, local_batch,
@@ -429,9 +423,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         checkpointing.abstract_with_sharding(abstract, state_sharding), data_iter)
     if state is None:
         state = jax.device_put(initial, state_sharding)
-        if config.rescale != "none":
-            state = rescaled(state, static, initial_encoder_params(encoder, config),
-                             train_source, config, image_size, local_batch, data_sharding)
+        # A random encoder already has its init norms: nothing to rescale.
+        if config.rescale == "change_rate" or (config.rescale == "init_norm"
+                                               and encoder.step is not None):
+            state = rescaled(state, static, encoder, train_source, config, image_size,
+                             local_batch, data_sharding)
     start = int(jax.device_get(state.step))
     last_good = checkpoints.latest_step()
     say(f"fine-tuning {config.checkpoint or 'random init'} on {config.dataset}: "
@@ -456,9 +452,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 elapsed = time.perf_counter() - window
                 logged["images_per_s"] = len(history) * config.batch_size / elapsed
                 writer.write_scalars(step, logged)
-                if jax.process_index() == 0:
-                    print(f"step {step}/{config.num_steps}: loss {logged['loss']:.4f}, "
-                          f"{logged['images_per_s']:.1f} img/s", flush=True)
+                say(f"step {step}/{config.num_steps}: loss {logged['loss']:.4f}, "
+                    f"{logged['images_per_s']:.1f} img/s")
                 history, window = [], time.perf_counter()
             if save_now:
                 checkpoints.save(step, state, data_iter, config)
