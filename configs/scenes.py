@@ -1,7 +1,10 @@
 """The procedural scene engine's settings (`mtssl.data.SyntheticScenes`).
 
-    python -m mtssl.preview --config configs/scenes.py --num 16 --out previews
-    python -m mtssl.preview --config configs/scenes.py:paper --out previews
+    python -m mtssl.preview --config=configs/preview.py --workdir=previews
+    python -m mtssl.preview --config=configs/preview.py:paper --workdir=previews
+
+(configs/preview.py nests this file's fields as `scenes`, so
+--config.scenes.<field>=<value> overrides any of them.)
 
 Arguments after ':' pick a preset: `paper` renders at 256 px (the paper's
 training crops are 227 px taken from 256 px renders); `fast` turns off the

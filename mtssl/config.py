@@ -186,7 +186,10 @@ def validate(config: ml_collections.ConfigDict,
     the valid keys or choices. With `device_count`, also checks the batch
     divides over the devices."""
     given, known = _flatten(config), _flatten(defaults())
-    # The scene section is a dict of SceneConfig fields: compare one level up.
+    # A --config.x=y typo already fails in the locked ConfigDict ("Did you
+    # mean ..."); this catches keys a config file or a notebook adds or drops,
+    # which the lock never sees. The scene section is a dict of SceneConfig
+    # fields: compare one level up.
     unknown = sorted(k for k in given if k not in known)
     if unknown:
         section = unknown[0].rpartition(".")[0]

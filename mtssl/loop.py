@@ -1,7 +1,8 @@
 """Pieces every training loop here shares (pretraining in `mtssl.train`,
 fine-tuning in `mtssl.eval.finetune`): step counts and the "is it time"
 cadence, metric means fetched once per log step, the finite check that
-keeps the last good checkpoint, the preemption guard and the console line.
+keeps the last good checkpoint, the preemption guard with the save
+bookkeeping around it (`SavingLoop`) and the console line.
 """
 
 from __future__ import annotations
@@ -124,3 +125,43 @@ class PreemptionGuard:
     def close(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class SavingLoop:
+    """The checkpoint bookkeeping of a preemptible training loop.
+
+    Inside `with SavingLoop(checkpoints) as saving:` SIGTERM/SIGINT only ask
+    for a stop (`saving.stop_requested(step)`: save at this step boundary and
+    leave the loop); `saving.save(...)` writes a checkpoint and records it as
+    `last_good` (where a non-finite loss points the user; the newest restored
+    checkpoint at first); `saving.finish()` after the loop waits for pending
+    saves and raises `Preempted` if a signal stopped the run. Leaving the
+    block, however, restores the signal handlers and closes `checkpoints`.
+    """
+
+    def __init__(self, checkpoints):
+        self.checkpoints = checkpoints
+        self.last_good = checkpoints.latest_step()
+        self._guard: PreemptionGuard | None = None
+
+    def __enter__(self) -> "SavingLoop":
+        self._guard = PreemptionGuard()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._guard.close()
+        finally:
+            self.checkpoints.close()
+
+    def stop_requested(self, step: int) -> bool:
+        return self._guard.requested(step)
+
+    def save(self, step: int, state: Any, data_iterator: Any, config: Any) -> None:
+        self.checkpoints.save(step, state, data_iterator, config)
+        self.last_good = step
+
+    def finish(self) -> None:
+        self.checkpoints.wait()
+        if self._guard.signum is not None:
+            raise Preempted(self._guard.signum, self.last_good)

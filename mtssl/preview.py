@@ -1,63 +1,56 @@
 """Writes a PNG contact sheet of scenes: image | depth | normals | contours.
 
-    python -m mtssl.preview --num 16 --out previews/
-    python -m mtssl.preview --num 8 --resolution 227 --seed 3 --out previews/
-    python -m mtssl.preview --config configs/scenes.py:paper --num 8 --out previews/
-    python -m mtssl.preview --folder /data/my_synthetic --num 8 --out previews/
+    python -m mtssl.preview --config=configs/preview.py --workdir=previews
+    python -m mtssl.preview --config=configs/preview.py:paper --workdir=previews \\
+        --config.num=8 --config.scenes.seed=3
+    python -m mtssl.preview --config=configs/preview.py --workdir=previews \\
+        --config.folder=/data/my_synthetic
 
---resolution and --seed override the config's values when given.
+Scenes come from the scene engine (`config.scenes`, the fields of
+configs/scenes.py) or, with `config.folder`, from an on-disk synthetic dataset.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 
 import numpy as np
 from PIL import Image
 
-from mtssl.config import load_config_file
+from mtssl.cli import run_config_command
 from mtssl.data import on_disk, synthetic, visualize
 
 
-def main(argv: list[str] | None = None) -> pathlib.Path:
-    parser = argparse.ArgumentParser(prog="python -m mtssl.preview",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--num", type=int, default=16, help="number of scenes")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", default=None,
-                        help="scene config file, e.g. configs/scenes.py[:preset]")
-    parser.add_argument("--resolution", type=int, default=None, help="default 128")
-    parser.add_argument("--seed", type=int, default=None, help="default 0")
-    parser.add_argument("--start", type=int, default=0, help="first record index")
-    parser.add_argument("--per-row", type=int, default=2, help="scenes per row")
-    parser.add_argument("--folder", default=None,
-                        help="preview an on-disk synthetic dataset instead")
-    args = parser.parse_args(argv)
-    if args.num < 1:
-        parser.error("--num must be >= 1")
+def validate(config) -> None:
+    """Bad values fail before anything is rendered."""
+    for key in ("num", "per_row"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {config[key]}")
+    if config.start < 0:
+        raise ValueError(f"start must be >= 0, got {config.start}")
 
-    indices = np.arange(args.start, args.start + args.num)
-    if args.folder:
-        source = on_disk.SyntheticFolder(root=args.folder,
-                                         resolution=args.resolution or 128)
+
+def run(config, workdir: str) -> pathlib.Path:
+    """Writes `<workdir>/contact_sheet.png` of `config.num` scenes from
+    record `config.start` on; returns its path."""
+    validate(config)
+    indices = np.arange(config.start, config.start + config.num)
+    if config.folder:
+        source = on_disk.SyntheticFolder(root=config.folder,
+                                         resolution=config.scenes.resolution)
         samples = [source[int(i) % len(source)] for i in indices]
     else:
-        config = load_config_file(args.config).to_dict() if args.config else {}
-        for key in ("resolution", "seed"):
-            if getattr(args, key) is not None:
-                config[key] = getattr(args, key)
-        source = synthetic.from_config(config)
+        source = synthetic.from_config(config.scenes.to_dict())
         batch = source.render_batch(indices)
-        samples = [{k: v[i] for k, v in batch.items()} for i in range(args.num)]
-    out = pathlib.Path(args.out)
+        samples = [{k: v[i] for k, v in batch.items()} for i in range(config.num)]
+    out = pathlib.Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "contact_sheet.png"
-    Image.fromarray(visualize.contact_sheet(samples, per_row=args.per_row)).save(path)
-    print(f"wrote {path} ({args.num} scenes from {source!r})")
+    Image.fromarray(visualize.contact_sheet(samples, per_row=config.per_row)).save(path)
+    print(f"wrote {path} ({config.num} scenes from {source!r})", flush=True)
     return path
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_config_command(run, "Preview config (configs/preview.py).",
+                       "Output folder (gets contact_sheet.png).")

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -41,8 +42,7 @@ from mtssl.data.pipeline import make_train_dataset, normalize_images, render_on_
 from mtssl.data.sources import synthetic_batch, training_sources
 from mtssl.eval.dense import eval_sets, evaluate_sets
 from mtssl.loop import (
-    PreemptionGuard,
-    Preempted,
+    SavingLoop,
     check_finite,
     console_line,
     itstime,
@@ -118,7 +118,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         say(f"Resumed from step {int(state.step)} in {workdir}")
     start = int(jax.device_get(state.step))
-    last_good = checkpoints.latest_step()
 
     writer = MetricWriter(workdir, resume_step=start)
     if jax.process_index() == 0:
@@ -130,10 +129,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"+ {config.batch_size} on {jax.device_count()} device(s)")
 
     history, last = [], {}
-    preemption = PreemptionGuard()
     window_start, window_steps = time.perf_counter(), 0
     wait_s = 0.0
-    try:
+    with SavingLoop(checkpoints) as saving, contextlib.closing(writer):
         for step in range(start + 1, total_steps + 1):
             t0 = time.perf_counter()
             batch = next(data_iter)
@@ -148,13 +146,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history.append(metrics)
             window_steps += 1
 
-            stop = preemption.requested(step)
+            stop = saving.stop_requested(step)
             log_now = itstime(step, config.log.every_steps, total_steps) or stop
             save_now = itstime(step, config.checkpoint.every_steps, total_steps) or stop
             if log_now or save_now:
                 last = mean_metrics(history)
                 history = []
-                check_finite(last, step, last_good)
+                check_finite(last, step, saving.last_good)
             if itstime(step, config.eval.every_steps, total_steps):
                 eval_start = time.perf_counter()
                 scores = evaluate_sets(
@@ -189,17 +187,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 grid = _draw_predictions(predict, state, previews, mesh)
                 writer.write_image(step, "predictions", grid)
             if save_now:
-                checkpoints.save(step, state, data_iter, config)
-                last_good = step
+                saving.save(step, state, data_iter, config)
             if stop:
                 break
-        checkpoints.wait()
-    finally:
-        preemption.close()
-        checkpoints.close()
-        writer.close()
-    if preemption.signum is not None:
-        raise Preempted(preemption.signum, last_good)
+        saving.finish()
     return last
 
 

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -102,9 +104,17 @@ def test_source_works_in_a_plain_grain_pipeline(source):
     assert len(samples) == 3 and samples[2]["image"].shape == (64, 64, 3)
 
 
+def preview_config(arg: str = "", **overrides):
+    config = load_config_file(str(CONFIGS / "preview.py") + (f":{arg}" if arg else ""))
+    for key, value in overrides.items():
+        target, _, field = key.rpartition("__")
+        (config[target] if target else config)[field] = value
+    return config
+
+
 def test_preview_writes_a_contact_sheet(tmp_path):
-    path = preview.main(["--num", "3", "--resolution", "64", "--out", str(tmp_path),
-                         "--seed", "7"])
+    path = preview.run(preview_config(num=3, scenes__resolution=64, scenes__seed=7),
+                       str(tmp_path))
     with Image.open(path) as im:
         sheet = np.asarray(im)
     # Two rows (2 scenes per row), 8 tiles per row, 2 px white separators.
@@ -114,9 +124,14 @@ def test_preview_writes_a_contact_sheet(tmp_path):
 
 def test_preview_of_a_folder(tmp_path, batch):
     on_disk.save_frame(tmp_path / "data", "x", _sample(batch, 1))
-    path = preview.main(["--folder", str(tmp_path / "data"), "--num", "1",
-                         "--resolution", "64", "--out", str(tmp_path / "out")])
+    path = preview.run(preview_config(num=1, folder=str(tmp_path / "data"),
+                                      scenes__resolution=64), str(tmp_path / "out"))
     assert path.exists()
+
+
+def test_preview_rejects_bad_values_before_rendering(tmp_path):
+    with pytest.raises(ValueError, match="num must be >= 1"):
+        preview.run(preview_config(num=0), str(tmp_path))
 
 
 def test_scene_config_file_builds_the_default_source():
@@ -138,7 +153,19 @@ def test_config_typos_name_the_valid_keys():
         load_config_file(str(CONFIGS / "scenes.py") + ":huge")
 
 
-def test_preview_from_a_config_file(tmp_path):
-    path = preview.main(["--config", str(CONFIGS / "scenes.py") + ":fast", "--num", "2",
-                         "--resolution", "64", "--seed", "7", "--out", str(tmp_path)])
-    assert path.exists()
+def test_preview_command_line_takes_a_scene_preset_and_overrides(tmp_path):
+    """The command as the docs write it: --config with a configs/scenes.py
+    preset, --config.x=y overrides, --workdir as the output folder."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mtssl.preview", f"--config={CONFIGS / 'preview.py'}:fast",
+         f"--workdir={tmp_path}", "--config.num=2", "--config.scenes.resolution=64",
+         "--config.scenes.seed=7"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "contact_sheet.png") as im:
+        assert im.size == (2 + 8 * 66, 2 + 66)
+    assert "wrote" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "mtssl.preview", f"--config={CONFIGS / 'preview.py'}",
+         f"--workdir={tmp_path}", "--config.scenes.resolutoin=64"],
+        capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "resolution" in bad.stderr

@@ -32,6 +32,7 @@ run and keeps the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -67,8 +68,7 @@ from mtssl.mesh import (
     same_to_global,
 )
 from mtssl.loop import (
-    PreemptionGuard,
-    Preempted,
+    SavingLoop,
     check_finite,
     itstime,
     mean_metrics,
@@ -429,7 +429,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state = rescaled(state, static, encoder, train_source, config, image_size,
                              local_batch, data_sharding)
     start = int(jax.device_get(state.step))
-    last_good = checkpoints.latest_step()
     say(f"fine-tuning {config.checkpoint or 'random init'} on {config.dataset}: "
         f"{_limit(len(train_source), config.max_train_examples)} train / "
         f"{_limit(len(test_source), config.max_test_examples)} test, {num_classes} classes, "
@@ -437,18 +436,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     writer = MetricWriter(workdir, resume_step=start)
     history, window = [], time.perf_counter()
-    preemption = PreemptionGuard()
-    try:
+    with SavingLoop(checkpoints) as saving, contextlib.closing(writer):
         for step in range(start + 1, config.num_steps + 1):
             batch = next(data_iter)
             batch = global_batch(batch, data_sharding)
             state, metrics = step_fn(state, batch)
             history.append(metrics)
-            stop = preemption.requested(step)
+            stop = saving.stop_requested(step)
             save_now = itstime(step, config.save_every, config.num_steps) or stop
             if itstime(step, config.log_every, config.num_steps) or save_now:
                 logged = mean_metrics(history)
-                check_finite(logged, step, last_good)
+                check_finite(logged, step, saving.last_good)
                 elapsed = time.perf_counter() - window
                 logged["images_per_s"] = len(history) * config.batch_size / elapsed
                 writer.write_scalars(step, logged)
@@ -456,13 +454,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     f"{logged['images_per_s']:.1f} img/s")
                 history, window = [], time.perf_counter()
             if save_now:
-                checkpoints.save(step, state, data_iter, config)
-                last_good = step
+                saving.save(step, state, data_iter, config)
             if stop:
                 break
-        checkpoints.wait()
-        if preemption.signum is not None:
-            raise Preempted(preemption.signum, last_good)
+        saving.finish()
         start_eval = time.perf_counter()
         result = evaluate(predict, state, test_source, config, image_size, data_sharding)
         result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
@@ -470,10 +465,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       image_size=image_size, eval_seconds=time.perf_counter() - start_eval)
         writer.write_scalars(result["step"], {f"test/{k}": v for k, v in result.items()
                                               if k in ("map", "accuracy")})
-    finally:
-        preemption.close()
-        checkpoints.close()
-        writer.close()
     if jax.process_index() == 0:
         (workdir / "finetune.json").write_text(json.dumps(
             {**result, "config": config.to_dict()}, indent=1, default=str))
