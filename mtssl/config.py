@@ -32,6 +32,7 @@ from typing import Any
 import ml_collections
 
 from mtssl import losses
+from mtssl.data import on_disk
 from mtssl.data import real as real_data
 from mtssl.data.scenes import SceneConfig
 from mtssl.models import ENCODERS, TASKS, encoder_taps
@@ -68,7 +69,11 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.source = "render"
-    c.synthetic.depth_scale = 0.001     # folder source: metres per depth PNG unit
+    # Folder source (mtssl/data/on_disk.py): how its maps are stored.
+    c.synthetic.depth_scale = 0.001     # metres per depth PNG unit
+    c.synthetic.depth_kind = "planar"   # planar (z-depth) | ray (distance along the ray)
+    c.synthetic.max_depth = 0.0         # > 0: depth >= it is background (invalid)
+    c.synthetic.normal_axes = "opencv"  # opencv (y down, z forward) | opengl (y up, z back)
     c.synthetic.on_device = False   # render inside the train step (scene engine only;
                                     # same images as the host pipeline for the same seeds)
     c.synthetic.render = ml_collections.ConfigDict()
@@ -215,6 +220,8 @@ def validate(config: ml_collections.ConfigDict,
             losses.CONTOUR_WEIGHTINGS)
     _choice("loss.gan", config.loss.gan, losses.GAN_LOSSES)
     _choice("real.crop", config.real.crop, REAL_CROPS)
+    _choice("synthetic.depth_kind", config.synthetic.depth_kind, on_disk.DEPTH_KINDS)
+    _choice("synthetic.normal_axes", config.synthetic.normal_axes, on_disk.NORMAL_AXES)
     _choice("optim.d_optimizer", config.optim.d_optimizer, D_OPTIMIZERS)
     _choice("da.disc_batch", config.da.disc_batch, DISC_BATCHES)
     _prefixed("synthetic.source", config.synthetic.source, SYNTHETIC_SOURCES)

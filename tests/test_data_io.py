@@ -169,3 +169,79 @@ def test_preview_command_line_takes_a_scene_preset_and_overrides(tmp_path):
          f"--workdir={tmp_path}", "--config.scenes.resolutoin=64"],
         capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "resolution" in bad.stderr
+
+def _analytic_frame(root, name, *, ray_depth: bool, opengl: bool, background=None):
+    """A 64x48 frame of a known scene, camera level at 1.2 m above a floor with
+    a wall 6 m ahead: returns (planar depth, OpenCV normals) of the truth and
+    writes the frame with depth as ray length or z, normals in OpenGL or
+    OpenCV axes, float .npy maps."""
+    h, w, fx, cx, cy = 48, 64, 40.0, 32.0, 24.0
+    x = (np.arange(w) + 0.5 - cx) / fx
+    y = (np.arange(h) + 0.5 - cy) / fx
+    xx, yy = np.meshgrid(x, y)
+    floor_z = np.where(yy > 0, 1.2 / np.maximum(yy, 1e-9), np.inf)
+    z = np.minimum(floor_z, 6.0)
+    normals = np.where((floor_z < 6.0)[..., None], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0])
+    stored = z * np.sqrt(1 + xx**2 + yy**2) if ray_depth else z
+    if background is not None:            # top rows: nothing there, written as a far value
+        stored[:4], z[:4] = background, 0.0
+    root = pathlib.Path(root)
+    for sub in ("rgb", "depth", "normal", "instance"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(root / "rgb" / f"{name}.png")
+    np.save(root / "depth" / f"{name}.npy", stored.astype(np.float32))
+    written = normals * ([1.0, -1.0, -1.0] if opengl else 1.0)
+    np.save(root / "normal" / f"{name}.npy", written.astype(np.float32))
+    np.save(root / "instance" / f"{name}.npy", (floor_z < 6.0).astype(np.int32))
+    (root / "intrinsics.json").write_text(json.dumps({"fx": fx, "fy": fx, "cx": cx, "cy": cy}))
+    return z.astype(np.float32), normals.astype(np.float32)
+
+
+def test_ray_length_depth_and_opengl_normals_read_back_as_planar_and_opencv(tmp_path):
+    z, normals = _analytic_frame(tmp_path, "f", ray_depth=True, opengl=True)
+    got = on_disk.SyntheticFolder(root=tmp_path, resolution=48, depth_kind="ray",
+                                  normal_axes="opengl")[0]
+    crop = (slice(None), slice(8, 56))       # the centre 48x48 square of the 64x48 frame
+    np.testing.assert_allclose(got["depth"], z[crop], rtol=2e-6)
+    np.testing.assert_array_equal(got["normals"], normals[crop])
+    # Read as planar, the same file is wrong by the ray's obliquity (up to 30% here).
+    planar = on_disk.SyntheticFolder(root=tmp_path, resolution=48)[0]
+    assert (planar["depth"] / z[crop]).max() > 1.25
+
+
+def test_depth_derived_normals_follow_the_converted_depth(tmp_path):
+    """Without a normal map the normals come from depth: only the converted
+    (planar) depth gives the floor's true normal."""
+    z, normals = _analytic_frame(tmp_path, "f", ray_depth=True, opengl=False)
+    (tmp_path / "normal" / "f.npy").unlink()
+    got = on_disk.SyntheticFolder(root=tmp_path, resolution=48, depth_kind="ray")[0]
+    floor = (slice(34, 46), slice(2, 46))     # inside the floor (it meets the wall at row 31.5)
+    error = geometry.angular_error_deg(got["normals"][floor], normals[:, 8:56][floor])
+    assert error.max() < 0.5
+    as_planar = on_disk.SyntheticFolder(root=tmp_path, resolution=48)[0]
+    assert geometry.angular_error_deg(as_planar["normals"][floor],
+                                      normals[:, 8:56][floor]).mean() > 5.0
+
+
+def test_background_beyond_max_depth_is_invalid(tmp_path):
+    z, _ = _analytic_frame(tmp_path, "f", ray_depth=False, opengl=False, background=1e10)
+    got = on_disk.SyntheticFolder(root=tmp_path, resolution=48, max_depth=1000.0)[0]
+    assert (got["depth"][:4] == 0).all()
+    np.testing.assert_allclose(got["depth"][4:], z[4:, 8:56], rtol=1e-6)
+
+
+def test_a_root_of_trajectories_reads_every_one_through_the_config(tmp_path):
+    from mtssl.config import defaults
+    from mtssl.data.sources import synthetic_source
+    for seq in ("traj_b", "traj_a"):
+        z, _ = _analytic_frame(tmp_path / seq, "0000", ray_depth=True, opengl=True)
+    (tmp_path / "traj_b" / "rgb").rename(tmp_path / "traj_b" / "photo")   # SceneNet's name
+    config = defaults()
+    config.image_size = 48
+    config.synthetic.source = f"folder:{tmp_path}"
+    config.synthetic.depth_kind, config.synthetic.normal_axes = "ray", "opengl"
+    source = synthetic_source(config)
+    assert source.frames == ["traj_a/0000", "traj_b/0000"]
+    np.testing.assert_allclose(source[1]["depth"], z[:, 8:56], rtol=2e-6)
+    with pytest.raises(ValueError, match="depth_kind.*valid: planar, ray"):
+        on_disk.SyntheticFolder(root=tmp_path, depth_kind="euclid")

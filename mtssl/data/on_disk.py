@@ -3,20 +3,34 @@
 Layout (one file per frame and modality, matched by file stem):
 
     root/
-      rgb/<frame>.png|jpg           colour image (required)
-      depth/<frame>.png|npy         uint16 PNG in millimetres (SceneNet RGB-D
-                                    style; `depth_scale` changes the unit) or
-                                    float32 .npy in metres; 0 / non-finite =
-                                    invalid (required)
-      normal/<frame>.png|npy        camera-frame unit normals, OpenCV axes;
-                                    PNG encodes n as (n + 1) * 127.5 (optional:
-                                    computed from depth + intrinsics if absent)
+      rgb/<frame>.png|jpg           colour image (required; or photo/, as
+                                    SceneNet RGB-D names it)
+      depth/<frame>.png|npy         uint16 PNG in millimetres (`depth_scale`
+                                    changes the unit) or float32 .npy in
+                                    metres; 0 / non-finite = invalid (required)
+      normal/<frame>.png|npy        camera-frame unit normals; PNG encodes n as
+                                    (n + 1) * 127.5 (optional: computed from
+                                    depth + intrinsics if absent)
       instance/<frame>.png|npy      integer instance ids (8 or 16 bit PNG)
       contour/<frame>.png|npy       binary contour map; used when there are
                                     no instance maps (one of the two required)
       intrinsics.json               {"fx", "fy", "cx", "cy"} in pixels of the
                                     stored frames; or intrinsics/<frame>.json
                                     per frame. Pixel centres at integer + 0.5.
+
+A root without rgb/ is a collection: every folder below it that has rgb/ or photo/
+(one trajectory or scene each, SceneNet RGB-D style) is read in sorted order,
+frames named "<sub-folder>/<frame>".
+
+Conventions other datasets use are options, converted on read to the
+project's (planar z-depth in metres, OpenCV camera axes: x right, y down, z
+forward, normals facing the camera):
+  depth_kind   "planar" (z-depth) | "ray" (distance along each pixel's ray:
+               SceneNet RGB-D, Hypersim, Kubric, BlenderProc's `distance`);
+  max_depth    > 0: depths at or beyond it are background (BlenderProc writes
+               a large finite value there) and become invalid;
+  normal_axes  "opencv" | "opengl" (x right, y up, z towards the viewer:
+               Hypersim, BlenderProc).
 
 Each record is the same dict as `SyntheticScenes` gives: frames are centre-
 cropped to a square, resized to `resolution` (bilinear for rgb, nearest for
@@ -26,6 +40,7 @@ the resized instance map with the renderer's definition.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -38,6 +53,10 @@ from mtssl.data import geometry, real, render
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _MAP_EXTS = (".png", ".npy")
+DEPTH_KINDS = ("planar", "ray")
+NORMAL_AXES = ("opencv", "opengl")
+# OpenGL camera axes -> OpenCV's: y and z flip.
+_OPENGL_TO_OPENCV = np.array([1.0, -1.0, -1.0], np.float32)
 
 
 def _index(folder: pathlib.Path, exts) -> dict[str, pathlib.Path]:
@@ -60,57 +79,102 @@ def _read_map(path: pathlib.Path, shape: tuple[int, int]) -> np.ndarray:
     return array
 
 
-class SyntheticFolder(grain.sources.RandomAccessDataSource):
-    """Random access to a synthetic dataset in the folder layout above.
+def planar_from_ray(ray: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Distance along each pixel's ray -> planar z-depth: z = r / |(x', y', 1)|
+    with (x', y') the pixel centre's normalised image coordinates under K."""
+    h, w = ray.shape
+    x = (np.arange(w) + 0.5 - k[0, 2]) / k[0, 0]
+    y = (np.arange(h) + 0.5 - k[1, 2]) / k[1, 1]
+    norm = np.sqrt(1.0 + x[None, :] ** 2 + y[:, None] ** 2)
+    return (ray / norm).astype(np.float32)
 
-    Args (keyword only):
-      root: the dataset folder.
-      resolution: output square side in pixels.
-      depth_scale: metres per unit of integer depth PNGs (0.001 = millimetres).
-    """
 
-    def __init__(self, *, root: str | pathlib.Path, resolution: int = 128,
-                 depth_scale: float = 0.001):
-        self.root = pathlib.Path(root)
-        self.resolution = int(resolution)
-        self.depth_scale = float(depth_scale)
-        self.skipped = real.SkippedRecords()
-        rgb = _index(self.root / "rgb", _IMAGE_EXTS)
-        if not rgb:
-            raise ValueError(f"{self.root}: no frames in rgb/ (expected *.png or *.jpg)")
-        self._depth = _index(self.root / "depth", _MAP_EXTS)
-        self._normal = _index(self.root / "normal", _MAP_EXTS)
-        self._instance = _index(self.root / "instance", _MAP_EXTS)
-        self._contour = _index(self.root / "contour", _MAP_EXTS)
-        self._frames = sorted(rgb)
-        self._rgb = rgb
-        missing = [f for f in self._frames if f not in self._depth]
+def _read_k(path: pathlib.Path) -> np.ndarray:
+    with open(path) as f:
+        k = json.load(f)
+    try:
+        return np.array([[k["fx"], 0, k["cx"]], [0, k["fy"], k["cy"]], [0, 0, 1]],
+                        np.float64)
+    except KeyError as e:
+        raise ValueError(f"{path}: missing key {e}; need fx, fy, cx, cy") from None
+
+
+_COLOUR_FOLDERS = ("rgb", "photo")
+
+
+def _colour_folder(root: pathlib.Path) -> str | None:
+    return next((name for name in _COLOUR_FOLDERS if (root / name).is_dir()), None)
+
+
+@dataclasses.dataclass
+class _Sequence:
+    """One folder in the layout above (a whole root, or one trajectory)."""
+
+    root: pathlib.Path
+    name: str
+
+    def __post_init__(self):
+        self.rgb = _index(self.root / _colour_folder(self.root), _IMAGE_EXTS)
+        self.depth = _index(self.root / "depth", _MAP_EXTS)
+        self.normal = _index(self.root / "normal", _MAP_EXTS)
+        self.instance = _index(self.root / "instance", _MAP_EXTS)
+        self.contour = _index(self.root / "contour", _MAP_EXTS)
+        missing = [f for f in self.rgb if f not in self.depth]
         if missing:
             raise ValueError(f"{self.root}: {len(missing)} frame(s) have no depth "
                              f"map in depth/, e.g. {missing[0]!r}")
-        no_shape = [f for f in self._frames
-                    if f not in self._instance and f not in self._contour]
+        no_shape = [f for f in self.rgb if f not in self.instance and f not in self.contour]
         if no_shape:
             raise ValueError(f"{self.root}: {len(no_shape)} frame(s) have neither "
                              f"instance/ nor contour/ maps, e.g. {no_shape[0]!r}")
         shared = self.root / "intrinsics.json"
-        self._shared_k = self._read_k(shared) if shared.exists() else None
-        if self._shared_k is None and not (self.root / "intrinsics").is_dir():
+        self.shared_k = _read_k(shared) if shared.exists() else None
+        if self.shared_k is None and not (self.root / "intrinsics").is_dir():
             raise ValueError(f"{self.root}: need intrinsics.json or an intrinsics/ folder")
 
-    @staticmethod
-    def _read_k(path: pathlib.Path) -> np.ndarray:
-        with open(path) as f:
-            k = json.load(f)
-        try:
-            return np.array([[k["fx"], 0, k["cx"]], [0, k["fy"], k["cy"]], [0, 0, 1]],
-                            np.float64)
-        except KeyError as e:
-            raise ValueError(f"{path}: missing key {e}; need fx, fy, cx, cy") from None
+    def k(self, frame: str) -> np.ndarray:
+        if self.shared_k is not None:
+            return self.shared_k
+        return _read_k(self.root / "intrinsics" / f"{frame}.json")
+
+
+class SyntheticFolder(grain.sources.RandomAccessDataSource):
+    """Random access to a synthetic dataset in the folder layout above.
+
+    Args (keyword only):
+      root: the dataset folder (or a folder of such folders).
+      resolution: output square side in pixels.
+      depth_scale: metres per unit of integer depth PNGs (0.001 = millimetres).
+      depth_kind, max_depth, normal_axes: the conventions above.
+    """
+
+    def __init__(self, *, root: str | pathlib.Path, resolution: int = 128,
+                 depth_scale: float = 0.001, depth_kind: str = "planar",
+                 max_depth: float = 0.0, normal_axes: str = "opencv"):
+        if depth_kind not in DEPTH_KINDS:
+            raise ValueError(f"depth_kind={depth_kind!r}; valid: {', '.join(DEPTH_KINDS)}")
+        if normal_axes not in NORMAL_AXES:
+            raise ValueError(f"normal_axes={normal_axes!r}; valid: {', '.join(NORMAL_AXES)}")
+        self.root = pathlib.Path(root)
+        self.resolution = int(resolution)
+        self.depth_scale = float(depth_scale)
+        self.depth_kind, self.max_depth = depth_kind, float(max_depth)
+        self.normal_axes = normal_axes
+        self.skipped = real.SkippedRecords()
+        if _colour_folder(self.root):
+            sequences = [_Sequence(self.root, "")]
+        else:
+            roots = sorted({p.parent for name in _COLOUR_FOLDERS
+                            for p in self.root.rglob(name) if p.is_dir()})
+            sequences = [_Sequence(r, str(r.relative_to(self.root))) for r in roots]
+        self._frames = [(seq, frame) for seq in sequences for frame in sorted(seq.rgb)]
+        if not self._frames:
+            raise ValueError(f"{self.root}: no frames in rgb/ or photo/ (expected *.png "
+                             "or *.jpg), nor in any sub-folder's")
 
     @property
     def frames(self) -> list[str]:
-        return list(self._frames)
+        return [f"{seq.name}/{frame}" if seq.name else frame for seq, frame in self._frames]
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -119,17 +183,20 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
         """Frame `index`, or the next readable one (unreadable frames are
         skipped and counted in `skipped`)."""
         return real.read_or_skip(self._frame, int(index), len(self), self.skipped,
-                                 lambda i: f"frame {self._frames[i]!r} of {self.root}")
+                                 lambda i: f"frame {self.frames[i]!r} of {self.root}")
 
     def _frame(self, index: int) -> dict[str, np.ndarray]:
-        frame = self._frames[index]
-        rgb = real.to_rgb(real.read_image_file(self._rgb[frame]))
+        seq, frame = self._frames[index]
+        rgb = real.to_rgb(real.read_image_file(seq.rgb[frame]))
         h, w = rgb.shape[:2]
-        depth = _read_map(self._depth[frame], (h, w)).astype(np.float32)
-        if self._depth[frame].suffix.lower() == ".png":
+        depth = _read_map(seq.depth[frame], (h, w)).astype(np.float32)
+        if seq.depth[frame].suffix.lower() == ".png":
             depth = depth * self.depth_scale
-        k = self._shared_k if self._shared_k is not None else self._read_k(
-            self.root / "intrinsics" / f"{frame}.json")
+        if self.max_depth > 0:
+            depth = np.where(depth < self.max_depth, depth, 0.0)
+        k = seq.k(frame)
+        if self.depth_kind == "ray":
+            depth = planar_from_ray(depth, k)
 
         # Centre square crop, then resize: K follows the crop and the scale.
         side = min(h, w)
@@ -150,21 +217,23 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
             (self.resolution, self.resolution), Image.BILINEAR))
         depth = nearest(depth)
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-        if frame in self._normal:
-            n = _read_map(self._normal[frame], (h, w))
+        if frame in seq.normal:
+            n = _read_map(seq.normal[frame], (h, w))
             n = n.astype(np.float32) / 127.5 - 1.0 if n.dtype == np.uint8 else n
             n = np.nan_to_num(nearest(n[..., :3].astype(np.float32)),
                               nan=0.0, posinf=0.0, neginf=0.0)
+            if self.normal_axes == "opengl":
+                n = n * _OPENGL_TO_OPENCV
             n = n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
         else:
             n = geometry.normals_from_depth(np.where(depth > 0, depth, np.nan), k_out)
             n = np.nan_to_num(n)
-        if frame in self._instance:
-            instances = nearest(_read_map(self._instance[frame], (h, w)).astype(np.int32))
+        if frame in seq.instance:
+            instances = nearest(_read_map(seq.instance[frame], (h, w)).astype(np.int32))
             contours = np.asarray(render.instance_contours(jax.numpy.asarray(instances)))
         else:
             instances = np.zeros((self.resolution,) * 2, np.int32)
-            c = _read_map(self._contour[frame], (h, w)) > 0
+            c = _read_map(seq.contour[frame], (h, w)) > 0
             # Keep thin contours alive through downscaling: max over each cell.
             idx = np.floor(np.arange(side) * scale).astype(int)
             contours = np.zeros((self.resolution,) * 2, bool)

@@ -45,8 +45,10 @@ def synthetic_source(config: ml_collections.ConfigDict, *, held_out: bool = Fals
     if kind == "render":
         return scenes_from_config(_render_config(
             config, HELD_OUT_SEED_OFFSET if held_out else 0))
-    return SyntheticFolder(root=arg, resolution=config.image_size,
-                           depth_scale=config.synthetic.depth_scale)
+    s = config.synthetic
+    return SyntheticFolder(root=arg, resolution=config.image_size, depth_scale=s.depth_scale,
+                           depth_kind=s.depth_kind, max_depth=s.max_depth,
+                           normal_axes=s.normal_axes)
 
 
 def held_out_source(config: ml_collections.ConfigDict):
