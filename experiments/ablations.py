@@ -59,9 +59,10 @@ DENSE = (("depth/abs_rel", "depth abs-rel", 3), ("normals/mean_deg", "normals me
 
 
 def pretrain_command(run_dir: pathlib.Path, overrides: list[str], seed: int,
-                     steps: int) -> list[str]:
+                     steps: int, render_cache: str = "") -> list[str]:
     return [sys.executable, "-m", "mtssl.main", "--config=configs/pretrain.py:runlocal",
             f"--workdir={run_dir}", *overrides, "--config.real.source=target",
+            f"--config.synthetic.render.cache_dir={render_cache}",
             f"--config.seed={seed}", f"--config.num_steps={steps}",
             f"--config.eval.every_steps={steps}", "--config.eval.num_images=128",
             "--config.log.images_every_steps=0", f"--config.checkpoint.every_steps={steps}"]
@@ -86,7 +87,8 @@ def final_eval(run_dir: pathlib.Path) -> dict[str, float]:
     return last
 
 
-def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
+def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int,
+            render_cache: str = "") -> dict:
     base = runs / variant / f"seed{seed}"
     run_dir, probe_dir = base / "run", base / "probe"
     row_file = base / "row.json"
@@ -99,7 +101,7 @@ def run_one(runs: pathlib.Path, variant: str, seed: int, steps: int) -> dict:
         commands.append(probe)
         dense = {}
     else:
-        pretrain = pretrain_command(run_dir, VARIANTS[variant][1], seed, steps)
+        pretrain = pretrain_command(run_dir, VARIANTS[variant][1], seed, steps, render_cache)
         seconds += run_logged(pretrain, base / "pretrain.log")
         probe = probe_command(probe_dir, str(run_dir), seed)
         seconds += run_logged(probe, base / "probe.log")
@@ -164,6 +166,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/ablations", help="run and probe folders")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--render_cache", default="runs/render_cache",
+                        help="render cache shared by every run (variants and seeds draw the "
+                             "same scenes); '' = render every time")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     args = parser.parse_args()
@@ -178,7 +183,7 @@ def main() -> None:
     rows = []
     for seed in seeds:                       # every variant once before any repeats
         for variant in ["random", *variants]:
-            rows.append(run_one(runs, variant, seed, args.steps))
+            rows.append(run_one(runs, variant, seed, args.steps, args.render_cache))
             r = rows[-1]
             print(f"{variant} seed {seed}: probe "
                   + " ".join(f"{k} {100 * a:.1f}" for k, a in r["probe"].items())

@@ -3,11 +3,15 @@
     python experiments/bench_renderer.py                       # 64, 128, 227 px
     python experiments/bench_renderer.py --resolutions 128 --batches 8 32
     python experiments/bench_renderer.py --out experiments/results/renderer.json
+    python experiments/bench_renderer.py --resolutions 104 --batches 16 --cache /tmp/cache
 
 Prints one line per (resolution, batch) and writes a JSON list of rows with
 `config`, `resolution`, `batch`, `images_per_s`, `compile_s`, `peak_rss_mb`
 and the machine. Timing: one warm-up call (compilation), then `--repeats`
-calls on fresh record indices; images/s uses the median call.
+calls on fresh record indices; images/s uses the median call. With --cache,
+each setting is timed twice more through a render cache in that (empty)
+folder: first on fresh indices (render + store: "cache miss"), then on the
+same indices again (read back: "cache hit").
 """
 
 from __future__ import annotations
@@ -22,21 +26,30 @@ from _common import machine, machine_label, peak_rss_mb, write_rows
 from mtssl.data import SyntheticScenes
 
 
-def bench(resolution: int, batch: int, repeats: int, **source_kwargs) -> dict:
-    source = SyntheticScenes(resolution=resolution, seed=0, **source_kwargs)
-    start = time.perf_counter()
-    source.render_batch(np.arange(batch))
-    compile_s = time.perf_counter() - start
+def _timed_calls(source, batch: int, repeats: int) -> list[float]:
     times = []
     for r in range(repeats):
         idx = np.arange(batch) + (r + 1) * batch
         start = time.perf_counter()
         source.render_batch(idx)      # returns numpy: includes device->host
         times.append(time.perf_counter() - start)
+    return times
+
+
+def bench(resolution: int, batch: int, repeats: int, cache_pass: str = "",
+          **source_kwargs) -> dict:
+    source = SyntheticScenes(resolution=resolution, seed=0, **source_kwargs)
+    start = time.perf_counter()
+    source.render_batch(np.arange(batch))
+    compile_s = time.perf_counter() - start
+    times = _timed_calls(source, batch, repeats)
+    if cache_pass == "hit":           # the same indices again, now stored
+        times = _timed_calls(source, batch, repeats)
     median = statistics.median(times)
+    config = ",".join(f"{k}={v}" for k, v in sorted(source_kwargs.items())
+                      if k != "cache_dir") or "default"
     return {
-        "config": "default" if not source_kwargs else ",".join(
-            f"{k}={v}" for k, v in sorted(source_kwargs.items())),
+        "config": config + (f" (cache {cache_pass})" if cache_pass else ""),
         "resolution": resolution, "batch": batch,
         "images_per_s": batch / median,
         "best_images_per_s": batch / min(times),
@@ -51,6 +64,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", action="store_true",
                         help="also time with antialiasing and/or shadows off")
+    parser.add_argument("--cache", default="",
+                        help="an empty folder: also time render cache misses and hits")
     parser.add_argument("--out", default="experiments/results/bench_renderer.json")
     args = parser.parse_args()
 
@@ -63,8 +78,12 @@ def main():
     rows = []
     for res in args.resolutions:
         for b in args.batches:
-            for kw in variants:
-                row = bench(res, b, args.repeats, **kw) | {"machine": info}
+            runs = [(kw, "") for kw in variants]
+            if args.cache:
+                runs += [({"cache_dir": f"{args.cache}/{res}_{b}_{p}"}, p)
+                         for p in ("miss", "hit")]
+            for kw, cache_pass in runs:
+                row = bench(res, b, args.repeats, cache_pass, **kw) | {"machine": info}
                 rows.append(row)
                 print(f"{row['config']:>28s} {res:4d} px  batch {b:3d}: "
                       f"{row['images_per_s']:8.1f} img/s (best "

@@ -41,12 +41,13 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def pretrain_command(preset: str, run_dir: pathlib.Path, seed: int, steps: int,
-                     extra: list[str]) -> list[str]:
+                     extra: list[str], render_cache: str = "") -> list[str]:
     return [sys.executable, "-m", "mtssl.main", f"--config=configs/pretrain.py:{preset}",
             f"--workdir={run_dir}", f"--config.seed={seed}", f"--config.num_steps={steps}",
             # Only the checkpoints the curve probes (plus one to resume from).
             "--config.checkpoint.every_steps=1000000", "--config.checkpoint.keep=1000",
-            "--config.log.images_every_steps=0", *extra]
+            "--config.log.images_every_steps=0",
+            f"--config.synthetic.render.cache_dir={render_cache}", *extra]
 
 
 def probe_command(probe_dir: pathlib.Path, checkpoint: str, dataset: str, seed: int,
@@ -76,7 +77,7 @@ def curve(args) -> list[dict]:
             if step:
                 checkpoint = str(run_dir / "checkpoints" / str(step))
                 command = pretrain_command(args.preset, run_dir, seed, step,
-                                           args.pretrain_override)
+                                           args.pretrain_override, args.render_cache)
                 commands.append(printable(command))
                 if not pathlib.Path(checkpoint).is_dir():
                     run_logged(command, runs / f"seed{seed}" / f"pretrain_{step}.log")
@@ -169,6 +170,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/scale_curve", help="runs and probes")
     parser.add_argument("--out", default="experiments/results/scale_curve",
                         help="results as <out>.json, <out>.md and <out>.png")
+    parser.add_argument("--render_cache", default="runs/render_cache",
+                        help="render cache shared by the runs (seeds draw overlapping "
+                             "scenes); '' = render every time")
     parser.add_argument("--pretrain_override", action="append", default=[],
                         help="extra pretraining flag, e.g. --pretrain_override="
                              "--config.da.enabled=False (repeatable)")

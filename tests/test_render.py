@@ -192,3 +192,21 @@ def test_culling_changes_no_pixel_of_geometry(source, batch):
     assert np.mean(np.abs(culled["normals"] - brute["normals"]) > 1e-4) < 1e-3
     # Colours may differ by rounding at the last bit of float maths.
     assert np.mean(culled["image"] != brute["image"]) < 0.01
+
+
+def test_render_cache_reads_back_the_rendered_bits(source, batch, tmp_path):
+    cached = SyntheticScenes(resolution=source.resolution, seed=source.seed,
+                             num_records=len(source), cache_dir=str(tmp_path))
+    first = cached.render_batch([3, 5, 3])                  # all rendered, then stored
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert [f.name for f in files] == ["3.npz", "5.npz"]
+    files[0].write_bytes(b"half a file")                  # a writer that died
+    again = cached.render_batch([5, 9, 3, 11])             # hits, misses, the broken one
+    for key in batch:
+        np.testing.assert_array_equal(first[key], batch[key][[3, 5, 3]], err_msg=key)
+        np.testing.assert_array_equal(again[key], batch[key][[5, 9, 3, 11]], err_msg=key)
+        assert again[key].dtype == batch[key].dtype
+    assert len(list(tmp_path.rglob("*.npz"))) == 4
+    other = SyntheticScenes(resolution=source.resolution, seed=source.seed + 1,
+                            num_records=len(source), cache_dir=str(tmp_path))
+    assert other._cache.root != cached._cache.root         # another config, another cache

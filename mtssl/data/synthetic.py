@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtssl.data import render as rd
+from mtssl.data import render_cache
 from mtssl.data import scenes as sc
 
 Sample = dict[str, np.ndarray]
@@ -91,6 +92,9 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
       scene: a `SceneConfig`, or None for the default distribution.
       aa_samples, aa_fraction, shadows, sensor_effects, cull: see `RenderConfig`.
       threads: concurrent render calls when culling (default: one per core).
+      cache_dir: a render cache folder (`mtssl.data.render_cache`): records
+        found there are read back instead of rendered, new ones are stored;
+        None or "" = no cache.
     """
 
     def __init__(self, *, resolution: int = 128, seed: int = 0,
@@ -98,7 +102,7 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
                  scene: sc.SceneConfig | None = None, aa_samples: int = 4,
                  aa_fraction: float = 0.25, shadows: bool = True,
                  sensor_effects: bool = True, cull: bool | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, cache_dir: str | None = None):
         if num_records < 1:
             raise ValueError(f"num_records must be >= 1, got {num_records}")
         if not 0 <= seed < 2**32:
@@ -111,6 +115,9 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
             aa_fraction=aa_fraction, shadows=shadows,
             sensor_effects=sensor_effects, cull=cull)
         self.threads = int(threads or os.cpu_count() or 1)
+        self.cache_dir = cache_dir or None
+        self._cache = (render_cache.RenderCache(cache_dir, self._description())
+                       if cache_dir else None)
 
     @property
     def resolution(self) -> int:
@@ -134,6 +141,22 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         is one vmapped call.
         """
         idx = (np.asarray(indices, dtype=np.int64) % self.num_records).astype(np.uint32)
+        if self._cache is not None:
+            return self._render_through_cache(idx)
+        return self._render_records(idx)
+
+    def _render_through_cache(self, idx: np.ndarray) -> Sample:
+        records = {int(i): self._cache.get(int(i)) for i in np.unique(idx)}
+        missing = np.array([i for i, r in records.items() if r is None], np.uint32)
+        if len(missing):
+            fresh = self._render_records(missing)
+            for j, i in enumerate(missing):
+                records[int(i)] = {k: v[j] for k, v in fresh.items()}
+                self._cache.put(int(i), records[int(i)])
+        return {k: np.stack([records[int(i)][k] for i in idx])
+                for k in records[int(idx[0])]}
+
+    def _render_records(self, idx: np.ndarray) -> Sample:
         if not self.render_config.cull:
             return jax.device_get(self._render(idx))
         group = min(_MAX_GROUP, -(-len(idx) // self.threads))
@@ -153,10 +176,15 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         return render_indices(np.uint32(self.seed), idx, scene_cfg=self.scene_config,
                               render_cfg=self.render_config, count=count)
 
-    def __repr__(self) -> str:
+    def _description(self) -> str:
+        """What fixes the records (not threads or the cache itself)."""
         return (f"SyntheticScenes(resolution={self.resolution}, seed={self.seed}, "
                 f"num_records={self.num_records}, scene={self.scene_config}, "
                 f"render={self.render_config})")
+
+    def __repr__(self) -> str:
+        cache = f", cache_dir={self.cache_dir!r}" if self.cache_dir else ""
+        return self._description()[:-1] + cache + ")"
 
 
 def from_config(config: Mapping[str, Any]) -> SyntheticScenes:
