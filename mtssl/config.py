@@ -86,7 +86,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.synthetic.render.sensor_effects = True
     # A folder where each record is rendered once and read back bit-identically
     # by later runs, seeds and ablation variants (mtssl/data/render_cache.py;
-    # about 260 kB a record at 104 px); "" = render every time.
+    # about 250 kB a record at 104 px; host rendering only, synthetic.on_device
+    # renders in the step); "" = render every time.
     c.synthetic.render.cache_dir = ""
     c.synthetic.render.scene = dataclasses.asdict(SceneConfig())
 
