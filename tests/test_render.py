@@ -210,3 +210,17 @@ def test_render_cache_reads_back_the_rendered_bits(source, batch, tmp_path):
     other = SyntheticScenes(resolution=source.resolution, seed=source.seed + 1,
                             num_records=len(source), cache_dir=str(tmp_path))
     assert other._cache.root != cached._cache.root         # another config, another cache
+
+
+def test_render_cache_on_the_vmapped_path_renders_whole_batches(tmp_path):
+    """Without culling (the GPU/TPU path) a partly cached batch is rendered
+    whole, one program for one batch size, and gives the same bits."""
+    plain = SyntheticScenes(resolution=32, seed=3, num_records=100, cull=False,
+                            aa_samples=0, shadows=False)
+    cached = SyntheticScenes(resolution=32, seed=3, num_records=100, cull=False,
+                             aa_samples=0, shadows=False, cache_dir=str(tmp_path))
+    cached.render_batch([1, 2])
+    got, want = cached.render_batch([2, 7]), plain.render_batch([2, 7])
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert len(list(tmp_path.rglob("*.npz"))) == 3

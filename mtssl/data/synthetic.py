@@ -138,7 +138,8 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         over `threads` workers, one per core; every group is padded to
         `_MAX_GROUP` records of which only its own are rendered, so one
         compiled program serves every batch size. Otherwise the whole batch
-        is one vmapped call.
+        is one vmapped call. With `cache_dir`, stored records are read back
+        and the others rendered and stored.
         """
         idx = (np.asarray(indices, dtype=np.int64) % self.num_records).astype(np.uint32)
         if self._cache is not None:
@@ -149,10 +150,14 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         records = {int(i): self._cache.get(int(i)) for i in np.unique(idx)}
         missing = np.array([i for i, r in records.items() if r is None], np.uint32)
         if len(missing):
-            fresh = self._render_records(missing)
-            for j, i in enumerate(missing):
-                records[int(i)] = {k: v[j] for k, v in fresh.items()}
-                self._cache.put(int(i), records[int(i)])
+            # The vmapped path compiles one program per batch size: it renders
+            # the whole batch rather than a new size of it.
+            todo = missing if self.render_config.cull else idx
+            fresh = self._render_records(todo)
+            for j, i in enumerate(todo):
+                if records[int(i)] is None:
+                    records[int(i)] = {k: v[j] for k, v in fresh.items()}
+                    self._cache.put(int(i), records[int(i)])
         return {k: np.stack([records[int(i)][k] for i in idx])
                 for k in records[int(idx[0])]}
 
