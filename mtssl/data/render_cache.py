@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import threading
 import uuid
 import zipfile
 
@@ -30,6 +31,10 @@ import numpy as np
 from mtssl.data import geometry, render, scenes
 
 _SHARD = 4096
+# np.load parses each array header with ast.literal_eval, which is not thread
+# safe in CPython 3.11 ("AST constructor recursion depth mismatch" under grain's
+# reader threads, seen in an ablation run): one read at a time.
+_READ_LOCK = threading.Lock()
 _RENDER_CODE = (geometry, render, scenes)
 
 
@@ -54,7 +59,7 @@ class RenderCache:
     def get(self, index: int) -> dict[str, np.ndarray] | None:
         path = self._path(index)
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            with _READ_LOCK, np.load(path, allow_pickle=False) as stored:
                 return {k: stored[k] for k in stored.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return None     # absent, or half-written by a process that died
