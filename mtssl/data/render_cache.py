@@ -35,15 +35,18 @@ _SHARD = 4096
 # safe in CPython 3.11 ("AST constructor recursion depth mismatch" under grain's
 # reader threads, seen in an ablation run): one read at a time.
 _READ_LOCK = threading.Lock()
-_RENDER_CODE = (geometry, render, scenes)
+# What turns (configs, seed, index) into a record; synthetic.py (which imports
+# this module) by path.
+_RENDER_CODE = tuple(pathlib.Path(m.__file__) for m in (geometry, render, scenes)) + (
+    pathlib.Path(__file__).with_name("synthetic.py"),)
 
 
 def fingerprint(description: str) -> str:
     """A short hash of a source description and the renderer's code."""
     digest = hashlib.sha256(f"{description}|jax {jax.__version__}|"
                             f"{jax.default_backend()}".encode())
-    for module in _RENDER_CODE:
-        digest.update(pathlib.Path(module.__file__).read_bytes())
+    for path in _RENDER_CODE:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
