@@ -1,4 +1,5 @@
-"""Contact-sheet configs (`python -m mtssl.preview`): image | depth | normals | contours.
+"""Contact-sheet configs (`python -m mtssl.preview`): image | depth | normals |
+contours | semantic classes.
 
     python -m mtssl.preview --config=configs/preview.py --workdir=previews
     python -m mtssl.preview --config=configs/preview.py:paper --workdir=previews --config.num=8

@@ -52,10 +52,17 @@ VARIANTS = {
     "all3+da@conv3": ("all three + DA at conv3", ["--config.model.adapt_layer=conv3"]),
     "all3+da+gray": ("the paper with its grayscale trick (runlocal has it off)",
                      ["--config.data.grayscale=True"]),
+    "semantics": ("semantic classes only, no DA",
+                  ["--config.model.tasks=semantics", "--config.da.enabled=False"]),
+    "all4": ("all three + semantics, no DA",
+             ["--config.model.tasks=depth,normals,contours,semantics",
+              "--config.da.enabled=False"]),
+    "all4+da": ("all three + semantics + DA at conv5",
+                ["--config.model.tasks=depth,normals,contours,semantics"]),
 }
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DENSE = (("depth/abs_rel", "depth abs-rel", 3), ("normals/mean_deg", "normals mean deg", 1),
-         ("contours/f", "contour F", 3))
+         ("contours/f", "contour F", 3), ("semantics/miou", "semantic mIoU", 3))
 
 
 def pretrain_command(run_dir: pathlib.Path, overrides: list[str], seed: int,

@@ -35,7 +35,7 @@ from mtssl import losses
 from mtssl.data import on_disk
 from mtssl.data import real as real_data
 from mtssl.data.scenes import SceneConfig
-from mtssl.models import ENCODERS, TASKS, encoder_taps
+from mtssl.models import ENCODERS, PAPER_TASKS, TASKS, encoder_taps
 from mtssl.models.layers import NORMS
 
 SYNTHETIC_SOURCES = ("render", "folder:<path>")
@@ -108,7 +108,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model.encoder = "alexnet"
     c.model.width = 1.0           # channel multiplier of encoder
     c.model.norm = "batch"
-    c.model.tasks = tuple(TASKS)  # any non-empty subset
+    c.model.tasks = PAPER_TASKS   # any non-empty subset of TASKS (+ semantics)
     c.model.head_channels = 64
     c.model.disc_width = 1.0      # channel multiplier of the discriminator (512)
     c.model.adapt_layer = "conv5"
@@ -120,7 +120,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.loss.contour_weighting = "reference"
     c.loss.gan = "bce"
     c.loss.weights = ml_collections.ConfigDict(
-        dict(depth=5.0, normals=10.0, contours=1.0, adversarial=0.05))
+        dict(depth=5.0, normals=10.0, contours=1.0, semantics=1.0, adversarial=0.05))
 
     c.optim = ml_collections.ConfigDict()
     c.optim.g_lr = 1e-3           # encoder + heads: Adam

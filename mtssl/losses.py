@@ -4,7 +4,8 @@ Conventions: predictions and targets are batched NHWC arrays (N, H, W, C) or
 (N, H, W); an optional `mask` (N, H, W) of valid pixels (bool or 0/1) limits
 every dense loss to those pixels. Means are taken over all valid pixels of the
 batch, as in the reference code. The paper's loss weights (depth 5, normals
-10, contours 1, adversarial 0.05) are applied by the caller, not here.
+10, contours 1, adversarial 0.05; ours for semantics: 1) are applied by the
+caller, not here.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def contour_loss(logits, target, mask=None, weighting: str = "reference"):
     weight = jnp.where(target > 0.5, w_pos, w_neg)
     bce = optax.sigmoid_binary_cross_entropy(logits, target)
     return _masked_mean(weight * bce, mask)
+
+
+def semantic_loss(logits, labels):
+    """Softmax cross-entropy of (N, H, W, C) class logits against (N, H, W)
+    integer labels, averaged over the labelled pixels (0 <= label < C;
+    `scenes.NO_CLASS` and any other label outside that range are ignored)."""
+    labelled = (labels >= 0) & (labels < logits.shape[-1])
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(labelled, labels, 0))
+    return _masked_mean(ce, labelled)
 
 
 def gan_loss(logits, real: bool, kind: str = "bce"):

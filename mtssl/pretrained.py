@@ -4,7 +4,7 @@
     encoder = load_encoder("runs/local")          # a pretraining workdir
     feats = encoder.features(images_uint8)        # {"conv1": ..., ..., "fc7": ...}
     predict = load_predictor("runs/local")        # encoder + task heads
-    maps = predict(images_uint8)                  # {"depth": metres, "normals", "contours"}
+    maps = predict(images_uint8)                  # {"depth": metres, "normals", "contours", ...}
 
 `load_encoder(path)` and `load_predictor(path)` accept a pretraining
 workdir, its `checkpoints/` folder, or one step folder `checkpoints/<step>`;
@@ -163,7 +163,8 @@ def load_predictor(path: str | epath.Path, step: int | None = None
     (N, H, W, 3) images (any size the encoder takes; the training crop size
     is `config.image_size`) -> numpy maps at image resolution: "depth" in
     metres (N, H, W), "normals" camera-frame unit vectors (N, H, W, 3),
-    "contours" probabilities (N, H, W); one entry per task it was trained on."""
+    "contours" probabilities (N, H, W), "semantics" class indices into
+    `scenes.SEMANTIC_CLASSES` (N, H, W); one entry per task it was trained on."""
     _, static, state, _ = load_run(path, step)
     predict = jax.jit(functools.partial(steps.predict, static=static))
 
@@ -173,6 +174,8 @@ def load_predictor(path: str | epath.Path, step: int | None = None
             maps["depth"] = np.exp(maps["depth"])
         if "contours" in maps:
             maps["contours"] = 1.0 / (1.0 + np.exp(-maps["contours"]))
+        if "semantics" in maps:
+            maps["semantics"] = maps["semantics"].argmax(-1).astype(np.int32)
         return maps
 
     return predictor

@@ -1,4 +1,5 @@
-"""Writes a PNG contact sheet of scenes: image | depth | normals | contours.
+"""Writes a PNG contact sheet of scenes: image | depth | normals | contours |
+semantic classes.
 
     python -m mtssl.preview --config=configs/preview.py --workdir=previews
     python -m mtssl.preview --config=configs/preview.py:paper --workdir=previews \\

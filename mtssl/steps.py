@@ -201,7 +201,8 @@ def task_losses(preds, batch, static: Static) -> dict[str, jax.Array]:
     """Per-task losses of predictions against a synthetic batch.
 
     batch: `depth` (N, H, W) metres (0 = invalid), `normals` (N, H, W, 3),
-    `contours` (N, H, W) bool; invalid depth masks depth and normals.
+    `contours` (N, H, W) bool, `semantics` (N, H, W) int classes; invalid
+    depth masks depth and normals, unlabelled pixels the semantics.
     """
     valid = batch["depth"] > 0
     out = {}
@@ -214,6 +215,8 @@ def task_losses(preds, batch, static: Static) -> dict[str, jax.Array]:
     if "contours" in preds:
         out["contours"] = losses.contour_loss(preds["contours"], batch["contours"],
                                               weighting=static.contour_weighting)
+    if "semantics" in preds:
+        out["semantics"] = losses.semantic_loss(preds["semantics"], batch["semantics"])
     return out
 
 

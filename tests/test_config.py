@@ -19,7 +19,7 @@ def test_paper_recipe_and_runlocal_are_valid():
     assert (paper.image_size, paper.batch_size) == (227, 224)
     assert paper.model.tasks == ("depth", "normals", "contours")
     assert dict(paper.loss.weights) == dict(depth=5.0, normals=10.0, contours=1.0,
-                                            adversarial=0.05)
+                                            semantics=1.0, adversarial=0.05)
     assert paper.optim.lr_decay_epochs == (18.0, 27.0) and paper.da.pool_size == 128
     local = validate(load_pretrain_config("runlocal"), device_count=1)
     assert local.image_size < local.synthetic.render.resolution
@@ -43,7 +43,7 @@ def test_unknown_key_names_the_valid_keys_of_its_section():
     ("model.norm", "layer", "batch, group"),
     ("model.adapt_layer", "pool5", "conv1, conv2, conv3, conv4, conv5, fc6, fc7"),
     ("model.tasks", (), "depth, normals, contours"),
-    ("model.tasks", ("depth", "edges"), "depth, normals, contours"),
+    ("model.tasks", ("depth", "edges"), "depth, normals, contours, semantics"),
     ("loss.gan", "wgan", "bce, lsgan"),
     ("loss.depth_variant", "l2", "reference, scale_invariant, l1"),
     ("loss.contour_weighting", "focal", "reference, hed, none"),

@@ -13,6 +13,7 @@ from PIL import Image
 from mtssl.config import load_config_file
 from mtssl import preview
 from mtssl.data import SyntheticScenes, batched_dataset, geometry, on_disk
+from mtssl.data import scenes as sc
 from mtssl.data.synthetic import from_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -35,6 +36,7 @@ def test_folder_round_trip(tmp_path, batch):
         assert geometry.angular_error_deg(got["normals"], want["normals"]).max() < 1.0
         np.testing.assert_array_equal(got["instances"], want["instances"])
         np.testing.assert_array_equal(got["contours"], want["contours"])
+        np.testing.assert_array_equal(got["semantics"], want["semantics"])
         np.testing.assert_allclose(got["intrinsics"], want["intrinsics"], rtol=1e-6)
 
 
@@ -66,6 +68,11 @@ def test_folder_crops_resizes_and_derives_missing_maps(tmp_path, batch):
     np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-4)
     # Downscaled contours keep thin lines (max-pooled), not dropped ones.
     assert got["contours"].sum() >= wide["contours"][:, 16:80].sum() / 4
+    # Semantic classes are sampled like instances; without semantic/ no pixel has one.
+    np.testing.assert_array_equal(got["semantics"], wide["semantics"][1::2, 17:80:2])
+    (tmp_path / "semantic" / "a.png").unlink()
+    assert np.all(on_disk.SyntheticFolder(root=tmp_path, resolution=32)[0]["semantics"]
+                  == sc.NO_CLASS)
 
 
 def test_folder_errors_name_what_is_missing(tmp_path, batch):
@@ -117,8 +124,8 @@ def test_preview_writes_a_contact_sheet(tmp_path):
                        str(tmp_path))
     with Image.open(path) as im:
         sheet = np.asarray(im)
-    # Two rows (2 scenes per row), 8 tiles per row, 2 px white separators.
-    assert sheet.shape == (2 + 2 * 66, 2 + 8 * 66, 3)
+    # Two rows (2 scenes per row), 10 tiles per row, 2 px white separators.
+    assert sheet.shape == (2 + 2 * 66, 2 + 10 * 66, 3)
     assert sheet[2:66, 2:66].std() > 5
 
 
@@ -162,7 +169,7 @@ def test_preview_command_line_takes_a_scene_preset_and_overrides(tmp_path):
          "--config.scenes.seed=7"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "contact_sheet.png") as im:
-        assert im.size == (2 + 8 * 66, 2 + 66)
+        assert im.size == (2 + 10 * 66, 2 + 66)
     assert "wrote" in result.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "mtssl.preview", f"--config={CONFIGS / 'preview.py'}",

@@ -69,3 +69,18 @@ def test_dilate():
     m = np.zeros((5, 5), bool)
     m[2, 2] = True
     assert dilate(m, 1).sum() == 9 and dilate(m, 2).sum() == 25 and dilate(m, 0).sum() == 1
+
+
+def test_semantic_miou_and_pixel_accuracy_by_hand():
+    # 2 images of 1x4 pixels, 3 classes; the last pixel of each is unlabelled.
+    true = np.array([[[0, 0, 1, -1]], [[1, 1, 0, -1]]])
+    pred_class = np.array([[[0, 1, 1, 2]], [[1, 1, 1, 2]]])
+    logits = np.eye(3)[pred_class] * 5.0
+    m = DenseMetrics(["semantics"])
+    m.update({"semantics": logits[:1]}, {"semantics": true[:1], "depth": np.ones((1, 1, 4))})
+    m.update({"semantics": logits[1:]}, {"semantics": true[1:], "depth": np.ones((1, 1, 4))})
+    r = m.result()
+    # class 0: hit 1, union 3; class 1: hit 3, union 5; class 2: never true or
+    # predicted on a labelled pixel -> left out.
+    assert r["semantics/miou"] == pytest.approx((1 / 3 + 3 / 5) / 2)
+    assert r["semantics/pixel_accuracy"] == pytest.approx(4 / 6)

@@ -27,6 +27,22 @@ def test_colour_share_and_variances_of_known_cases():
     assert diagnose._across_images_variance(two, mask) == pytest.approx(1.0)
 
 
+def test_trivial_semantic_predictor_costs_the_entropy_of_the_class_shares():
+    import types
+    labels = np.zeros((2, 4, 4), np.int64)
+    labels[0, :2] = 3                       # classes 0 and 3, half each...
+    labels[1, 0, 0] = -1                    # ...and one unlabelled pixel
+    batch = {"depth": np.ones((2, 4, 4), np.float32),
+             "normals": np.zeros((2, 4, 4, 3), np.float32), "contours": np.zeros((2, 4, 4)),
+             "semantics": labels}
+    shares = diagnose.class_shares(labels)
+    assert shares[3] == pytest.approx(8 / 31) and shares.sum() == pytest.approx(1.0)
+    static = types.SimpleNamespace(tasks=("semantics",))
+    entropy = -np.sum(shares[shares > 0] * np.log(shares[shares > 0]))
+    assert diagnose.trivial_losses(batch, static)["semantics"] == pytest.approx(
+        entropy, rel=1e-4)
+
+
 def test_contour_oracle_is_exact_at_cell_one_and_trivial_at_image_size():
     rng = np.random.default_rng(0)
     contours = rng.random((3, 32, 32)) < 0.1

@@ -88,3 +88,12 @@ def test_bad_variant_names_list_the_valid_ones():
         losses.contour_loss(x, x, weighting="balanced")
     with pytest.raises(ValueError, match="lsgan"):
         losses.gan_loss(x, True, "wgan")
+
+
+def test_semantic_loss_is_cross_entropy_over_labelled_pixels():
+    logits = jnp.array([[[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [9.0, -9.0, 3.0]]]])
+    labels = jnp.array([[[0, 2, -1]]])          # the last pixel has no class
+    want = np.mean([np.log1p(2 * np.exp(-2.0)), np.log(np.e + 2)])
+    assert float(losses.semantic_loss(logits, labels)) == pytest.approx(want, rel=1e-5)
+    # Nothing labelled: zero, not NaN.
+    assert float(losses.semantic_loss(logits, jnp.full((1, 1, 3), -1))) == 0.0

@@ -22,13 +22,15 @@ def test_synthetic_crop_is_shared_by_all_maps():
     batch = {"image": np.repeat(coord[None, ..., None], 3, -1).repeat(n, 0).astype(np.uint16),
              "depth": np.repeat(coord[None], n, 0),
              "normals": np.repeat(coord[None, ..., None], 3, -1).repeat(n, 0),
-             "contours": np.repeat((coord % 2 == 0)[None], n, 0)}
+             "contours": np.repeat((coord % 2 == 0)[None], n, 0),
+             "semantics": np.repeat(coord[None], n, 0).astype(np.int32)}
     out = pipeline.CropSynthetic(6).random_map(batch, np.random.default_rng(0))
     assert out["depth"].shape == (3, 6, 6)
     for i in range(n):
         np.testing.assert_array_equal(out["image"][i, ..., 0], out["depth"][i])
         np.testing.assert_array_equal(out["normals"][i, ..., 2], out["depth"][i])
         np.testing.assert_array_equal(out["contours"][i], out["depth"][i] % 2 == 0)
+        np.testing.assert_array_equal(out["semantics"][i], out["depth"][i])
         # A contiguous window of the original.
         assert np.all(np.diff(out["depth"][i], axis=1) == 1)
     with pytest.raises(ValueError, match="larger than"):

@@ -57,6 +57,22 @@ def test_scenes_contain_objects(batch):
     assert np.mean([np.any(i == 1) for i in batch["instances"]]) > 0.8
 
 
+def test_semantic_classes_follow_the_instances_and_the_object_kinds(batch):
+    """Every instance has one class: floor, ceiling, wall, or its object's kind."""
+    assert batch["semantics"].dtype == np.int32
+    cfg = sc.SceneConfig()
+    for i in range(4):
+        kinds = np.asarray(sc.sample_scene(synthetic.record_keys(7, i)[0], cfg).objects.kind)
+        inst, sem = batch["instances"][i], batch["semantics"][i]
+        want = {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 2}
+        want.update({sc.FIRST_OBJECT_INSTANCE + j: sc.FIRST_KIND_CLASS + int(k)
+                     for j, k in enumerate(kinds)})
+        np.testing.assert_array_equal(sem, np.vectorize(want.get)(inst))
+    assert sc.SEMANTIC_CLASSES[:3] == ("floor", "ceiling", "wall")
+    assert 0 <= batch["semantics"].min() and batch["semantics"].max() < len(sc.SEMANTIC_CLASSES)
+    assert len(np.unique(batch["semantics"])) >= 5     # the room and several kinds
+
+
 def test_normals_are_unit_and_face_the_camera(batch):
     n = batch["normals"]
     np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-4)
@@ -182,6 +198,7 @@ def test_culling_changes_no_pixel_of_geometry(source, batch):
                             num_records=source.num_records,
                             cull=False).render_batch(range(4))
     np.testing.assert_array_equal(culled["instances"], brute["instances"])
+    np.testing.assert_array_equal(culled["semantics"], brute["semantics"])
     np.testing.assert_array_equal(culled["contours"], brute["contours"])
     # Depth to float32 rounding (the two paths associate the ray maths
     # differently: 64 px renders differ by up to 1.4e-5 relative), and normals

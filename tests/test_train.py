@@ -139,7 +139,9 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
     from mtssl.data.scenes import TARGET_APPEARANCE, SceneConfig
     from mtssl.data.sources import target_source
 
-    config = tiny_config(**{"real.source": "target", "log.images_every_steps": 0})
+    # With the fourth task, semantics, trained, logged and evaluated too.
+    config = tiny_config(**{"real.source": "target", "log.images_every_steps": 0,
+                            "model.tasks": ("depth", "normals", "contours", "semantics")})
     target = target_source(config, held_out=False)
     assert target.resolution == config.image_size
     assert target.scene_config == SceneConfig(**{
@@ -153,7 +155,7 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
                            num_records=len(target),
                            scene=SceneConfig(**config.synthetic.render.scene.to_dict()))
     target_batch, twin_batch = (s.render_batch(np.arange(4)) for s in (target, twin))
-    for key in ("depth", "normals", "instances", "contours"):
+    for key in ("depth", "normals", "instances", "contours", "semantics"):
         np.testing.assert_array_equal(target_batch[key], twin_batch[key], err_msg=key)
     assert np.mean(np.abs(target_batch["image"].astype(np.float32)
                           - twin_batch["image"])) > 20
@@ -167,7 +169,9 @@ def test_procedural_target_domain_trains_and_is_evaluated(tmp_path):
     from mtssl.eval.dense import evaluate_checkpoint
     again = evaluate_checkpoint(str(tmp_path), num_images=config.eval.num_images,
                                 batch_size=config.batch_size)
-    for metric in ("depth/abs_rel", "normals/mean_deg", "contours/f"):
+    assert np.isfinite(last["loss/semantics"])
+    assert 0 < last["eval/semantics/miou"] < 1 and 0 < last["eval/semantics/pixel_accuracy"] < 1
+    for metric in ("depth/abs_rel", "normals/mean_deg", "contours/f", "semantics/miou"):
         assert last[f"eval_target/{metric}"] != last[f"eval/{metric}"], metric
         for prefix in ("eval", "eval_target"):
             key = f"{prefix}/{metric}"

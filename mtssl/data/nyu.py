@@ -5,7 +5,8 @@ float16, holes filled) becomes what the synthetic sources yield, so the same
 `DenseMetrics` evaluate both:
 
     {"image": uint8 (R, R, 3), "depth": float32 (R, R) metres, 0 = invalid,
-     "normals": float32 (R, R, 3) unit camera-frame (OpenCV), "contours": False}
+     "normals": float32 (R, R, 3) unit camera-frame (OpenCV), "contours": False,
+     "semantics": NO_CLASS}
 
 Geometry: the central 480x480 square is cut (as the training crops are
 square) and resized to R; depth by nearest neighbour so invalid pixels never
@@ -14,7 +15,8 @@ computed from the full-resolution depth with the Kinect colour camera's
 intrinsics (`mtssl.data.geometry.normals_from_depth`, central differences
 over +-NORMAL_STEP pixels), then sampled like depth. They are noisier than the plane-fit normals of the
 published NYU benchmarks, so absolute normal errors here are not comparable
-with papers; differences between encoders are. There are no contour labels.
+with papers; differences between encoders are. There are no contour labels,
+and no class labels in the scene engine's classes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from mtssl.data import geometry, real
+from mtssl.data.scenes import NO_CLASS
 
 # Colour camera of the NYU Kinect (NYU toolbox, camera_params.m), pixels.
 NYU_INTRINSICS = np.array([[518.8579, 0.0, 325.5824],
@@ -72,4 +75,5 @@ class NyuDepthV2(grain.sources.RandomAccessDataSource):
         depth = np.where(bad, 0.0, depth).astype(np.float32)
         normals = np.where(bad[..., None], 0.0, normals).astype(np.float32)
         return {"image": image, "depth": depth, "normals": normals,
-                "contours": np.zeros((r, r), bool)}
+                "contours": np.zeros((r, r), bool),
+                "semantics": np.full((r, r), NO_CLASS, np.int32)}

@@ -14,6 +14,9 @@ Layout (one file per frame and modality, matched by file stem):
       instance/<frame>.png|npy      integer instance ids (8 or 16 bit PNG)
       contour/<frame>.png|npy       binary contour map; used when there are
                                     no instance maps (one of the two required)
+      semantic/<frame>.png|npy      per-pixel class + 1 (0 = no class), the
+                                    classes of `scenes.SEMANTIC_CLASSES`
+                                    (optional: no class anywhere if absent)
       intrinsics.json               {"fx", "fy", "cx", "cy"} in pixels of the
                                     stored frames; or intrinsics/<frame>.json
                                     per frame. Pixel centres at integer + 0.5.
@@ -50,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from mtssl.data import geometry, real, render
+from mtssl.data.scenes import NO_CLASS
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _MAP_EXTS = (".png", ".npy")
@@ -119,6 +123,7 @@ class _Sequence:
         self.normal = _index(self.root / "normal", _MAP_EXTS)
         self.instance = _index(self.root / "instance", _MAP_EXTS)
         self.contour = _index(self.root / "contour", _MAP_EXTS)
+        self.semantic = _index(self.root / "semantic", _MAP_EXTS)
         missing = [f for f in self.rgb if f not in self.depth]
         if missing:
             raise ValueError(f"{self.root}: {len(missing)} frame(s) have no depth "
@@ -238,12 +243,17 @@ class SyntheticFolder(grain.sources.RandomAccessDataSource):
             idx = np.floor(np.arange(side) * scale).astype(int)
             contours = np.zeros((self.resolution,) * 2, bool)
             np.logical_or.at(contours, (idx[:, None], idx[None, :]), c[crop])
+        if frame in seq.semantic:
+            semantics = nearest(_read_map(seq.semantic[frame], (h, w)).astype(np.int32)) - 1
+        else:
+            semantics = np.full((self.resolution,) * 2, NO_CLASS, np.int32)
         return {
             "image": image.astype(np.uint8),
             "depth": depth,
             "normals": n.astype(np.float32),
             "instances": instances,
             "contours": contours,
+            "semantics": semantics,
             "intrinsics": k_out.astype(np.float32),
         }
 
@@ -257,12 +267,20 @@ def save_frame(root: str | pathlib.Path, frame: str, sample: dict[str, np.ndarra
     """Writes one sample in the folder layout above (the inverse of reading).
 
     Depth goes to a uint16 PNG in units of `depth_scale` metres, normals to an
-    8-bit PNG, instances to a 16-bit PNG, and the intrinsics to
+    8-bit PNG, instances to a 16-bit PNG, semantic classes (if the sample has
+    any labelled pixel) to an 8-bit PNG of class + 1, and the intrinsics to
     intrinsics/<frame>.json, so frames with different cameras can share a root.
     """
     root = pathlib.Path(root)
     for sub in ("rgb", "depth", "normal", "instance", "intrinsics"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    semantics = sample.get("semantics")
+    if semantics is not None and np.any(np.asarray(semantics) != NO_CLASS):
+        labels = np.asarray(semantics) + 1
+        if labels.min() < 0 or labels.max() > 255:
+            raise ValueError("semantic classes must be in [-1, 254] for an 8-bit PNG")
+        (root / "semantic").mkdir(exist_ok=True)
+        Image.fromarray(labels.astype(np.uint8)).save(root / "semantic" / f"{frame}.png")
     Image.fromarray(np.asarray(sample["image"], np.uint8)).save(root / "rgb" / f"{frame}.png")
     depth = np.round(np.asarray(sample["depth"]) / depth_scale)
     Image.fromarray(np.clip(depth, 0, 65535).astype(np.uint16)).save(

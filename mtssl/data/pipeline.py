@@ -3,7 +3,7 @@
 `make_train_dataset` returns one grain `MapDataset` (infinite, random access,
 so an iterator over it checkpoints as a few integers) whose element i is
 
-    {"synthetic": {"image", "depth", "normals", "contours"},
+    {"synthetic": {"image", "depth", "normals", "contours", "semantics"},
      "real": {"image"}}
 
 with float32 images normalised as the reference does: x / 255 minus the
@@ -25,6 +25,10 @@ import numpy as np
 
 from mtssl.data.synthetic import RenderBatch, SyntheticScenes, render_indices
 
+# What a synthetic training sample carries: the image and every task's target
+# (semantics: `scenes.NO_CLASS` where a source has no class labels).
+SYNTHETIC_MAPS = ("image", "depth", "normals", "contours", "semantics")
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 # Normalised value of each uint8 level per channel, float32 (x / 255 - mean),
 # read by table lookup on the host and on device alike, so both give the
@@ -42,6 +46,15 @@ def normalize_images(images: np.ndarray, channel: int | None = None) -> np.ndarr
     if channel is not None:
         images = np.repeat(images[..., channel:channel + 1], 3, axis=-1)
     return NORMALIZED_LEVELS[np.arange(3), images]
+
+
+def target_maps(sample: dict) -> dict:
+    """The task targets of a synthetic sample or batch, in the dtypes the
+    losses take (numpy or jax arrays alike)."""
+    return {"depth": sample["depth"].astype(np.float32),
+            "normals": sample["normals"].astype(np.float32),
+            "contours": sample["contours"].astype(bool),
+            "semantics": sample["semantics"].astype(np.int32)}
 
 
 def _crop_offsets(rng: np.random.Generator, n: int, h: int, w: int, size: int):
@@ -74,7 +87,7 @@ class CropSynthetic(grain.transforms.RandomMap):
             return batch
         tops, lefts = _crop_offsets(rng, n, h, w, self.size)
         out = {}
-        for key in ("image", "depth", "normals", "contours"):
+        for key in SYNTHETIC_MAPS:
             out[key] = np.stack([batch[key][i, t:t + self.size, l:l + self.size]
                                  for i, (t, l) in enumerate(zip(tops, lefts))])
         return out
@@ -94,9 +107,7 @@ class Preprocess(grain.transforms.RandomMap):
                 len(syn["index"]), -1 if channel is None else channel, np.int32)}}
         else:
             out = {"synthetic": {"image": normalize_images(syn["image"], channel),
-                                 "depth": syn["depth"].astype(np.float32),
-                                 "normals": syn["normals"].astype(np.float32),
-                                 "contours": syn["contours"].astype(bool)}}
+                                 **target_maps(syn)}}
         if real is not None:
             out["real"] = {"image": normalize_images(real["image"], channel)}
         return out
@@ -139,16 +150,13 @@ def render_on_device(synthetic: dict[str, jax.Array], *, source: SyntheticScenes
     def crop(a, offset):
         start = (offset[0], offset[1]) + (0,) * (a.ndim - 2)
         return jax.lax.dynamic_slice(a, start, (image_size, image_size) + a.shape[2:])
-    maps = {k: jax.vmap(crop)(out[k], synthetic["crop"])
-            for k in ("image", "depth", "normals", "contours")}
+    maps = {k: jax.vmap(crop)(out[k], synthetic["crop"]) for k in SYNTHETIC_MAPS}
     levels = maps["image"].astype(jnp.int32)
     channel = synthetic["channel"][:, None, None, None]
     gray = jnp.take_along_axis(levels, jnp.maximum(channel, 0), axis=-1)
     levels = jnp.where(channel >= 0, jnp.broadcast_to(gray, levels.shape), levels)
     image = jnp.asarray(NORMALIZED_LEVELS)[jnp.arange(3), levels]
-    return {"image": image, "depth": maps["depth"].astype(jnp.float32),
-            "normals": maps["normals"].astype(jnp.float32),
-            "contours": maps["contours"].astype(bool)}
+    return {"image": image, **target_maps(maps)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Ray casting renderer for `scenes.Scene`: images plus exact ground truth.
 
 One pixel-centre ray per pixel gives the ground truth (planar depth, camera-
-frame normals, instance ids) and the first colour sample. Pixels on geometric
-edges (instance, normal or depth discontinuities) are then supersampled with
-`aa_samples` extra rays each (which reuse the centre's shadow visibility), up
-to a budget of `aa_fraction` of the image, and only the ray chunks holding
-such pixels are traced, so antialiasing costs what it is worth; texture
-patterns are band-limited by the pixel footprint instead, which is the
-standard alternative to supersampling them.
+frame normals, instance ids, semantic classes) and the first colour sample.
+Pixels on geometric edges (instance, normal or depth discontinuities) are then
+supersampled with `aa_samples` extra rays each (which reuse the centre's
+shadow visibility), up to a budget of `aa_fraction` of the image, and only the
+ray chunks holding such pixels are traced, so antialiasing costs what it is
+worth; texture patterns are band-limited by the pixel footprint instead, which
+is the standard alternative to supersampling them.
 
 All functions are pure JAX over fixed shapes: `render(scene, key, cfg)` jits,
 vmaps over a batch of scenes, and runs unchanged on CPU, GPU and TPU. With
@@ -348,6 +348,15 @@ def instance_id(part):
                      + (part - sc.ROOM_PLANES) // sc.PARTS_PER_OBJECT)
 
 
+def semantic_class(part, kind):
+    """Surface index -> class in `scenes.SEMANTIC_CLASSES`; `kind` is the
+    scene's (N,) object kinds."""
+    room_classes = jnp.array([0, 1, 2, 2, 2, 2], jnp.int32)   # floor, ceiling, 4 walls
+    obj = jnp.clip((part - sc.ROOM_PLANES) // sc.PARTS_PER_OBJECT, 0, kind.shape[0] - 1)
+    return jnp.where(part < sc.ROOM_PLANES, room_classes[jnp.clip(part, 0, 5)],
+                     sc.FIRST_KIND_CLASS + kind[obj])
+
+
 def _hash(x, y, seed):
     """Integer lattice hash -> float in [0, 1)."""
     h = (x.astype(jnp.uint32) * jnp.uint32(0x8DA6B343)) ^ (
@@ -628,6 +637,7 @@ def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.
     t, part, radiance, visible, normal_cam = jax.tree.map(
         lambda a: a[raster], _cast(scene, xs, ys, cfg))
     instances = instance_id(part).reshape(res, res)
+    semantics = semantic_class(part, scene.objects.kind).reshape(res, res)
     depth = t.reshape(res, res)
     normals = jnp.stack(normal_cam, -1).reshape(res, res, 3)
     contours = instance_contours(instances)
@@ -679,6 +689,7 @@ def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.
         "depth": depth.astype(jnp.float32),
         "normals": normals.astype(jnp.float32),
         "instances": instances.astype(jnp.int32),
+        "semantics": semantics.astype(jnp.int32),
         "contours": contours,
         "intrinsics": intrinsics(scene, res).astype(jnp.float32),
     }

@@ -17,6 +17,8 @@ Invariants the renderer relies on:
     x=0, x=W, y=0, y=D); object j, part k is 6 + j * PARTS_PER_OBJECT + k,
     with k in [0, BOXES) boxes, then CYLINDERS cylinders, then SPHERES spheres.
   * Instance id: 1 floor, 2 ceiling, 3..6 walls, 7 + j object j.
+  * Semantic class (index into SEMANTIC_CLASSES): floor, ceiling, wall, then
+    one per furniture kind in KINDS order; NO_CLASS where a dataset has none.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ _PARKED_Z = -1000.0
 KINDS = ("cabinet", "table", "chair", "shelf", "sofa", "ball", "barrel",
          "lamp", "round_table")
 _KIND = {name: i for i, name in enumerate(KINDS)}
+# Per-pixel semantic classes: the room's surfaces, then every furniture kind.
+SEMANTIC_CLASSES = ("floor", "ceiling", "wall") + KINDS
+FIRST_KIND_CLASS = 3
+NO_CLASS = -1      # a pixel without a class label (datasets that give none)
 # Kinds small enough to stand on top of another object.
 _STACKABLE = ("cabinet", "ball", "barrel")
 # Kinds with a flat top something else can stand on.

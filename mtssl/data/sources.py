@@ -27,6 +27,7 @@ import numpy as np
 
 from mtssl.data import real as real_data
 from mtssl.data.on_disk import SyntheticFolder
+from mtssl.data.pipeline import SYNTHETIC_MAPS
 from mtssl.data.scenes import TARGET_APPEARANCE
 from mtssl.data.synthetic import from_config as scenes_from_config
 
@@ -99,4 +100,4 @@ def synthetic_batch(source, indices: np.ndarray, size: int) -> dict[str, np.ndar
     else:
         records = [source[int(i)] for i in indices]
         batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
-    return {k: _center_crop(batch[k], size) for k in ("image", "depth", "normals", "contours")}
+    return {k: _center_crop(batch[k], size) for k in SYNTHETIC_MAPS}

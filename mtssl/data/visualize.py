@@ -44,10 +44,27 @@ def mask_rgb(mask: np.ndarray) -> np.ndarray:
     return np.repeat((np.asarray(mask) > 0).astype(np.uint8)[..., None] * 255, 3, -1)
 
 
+# One fixed colour per semantic class (golden-ratio hues), so every picture
+# colours a class alike.
+_CLASS_COLOURS = np.array([
+    colorize(np.array([(0.618034 * c) % 1.0]), 0.0, 1.0)[0] for c in range(256)], np.uint8)
+
+
+def classes_rgb(labels: np.ndarray) -> np.ndarray:
+    """Integer class map -> RGB, unlabelled (negative) pixels black."""
+    labels = np.asarray(labels)
+    return np.where((labels >= 0)[..., None], _CLASS_COLOURS[np.clip(labels, 0, 255)],
+                    0).astype(np.uint8)
+
+
 def sample_tiles(sample: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """image | depth | normals | contours, as RGB tiles."""
-    return [np.asarray(sample["image"], np.uint8), depth_rgb(sample["depth"]),
-            normals_rgb(sample["normals"]), mask_rgb(sample["contours"])]
+    """image | depth | normals | contours | semantics (if it has them), as
+    RGB tiles."""
+    tiles = [np.asarray(sample["image"], np.uint8), depth_rgb(sample["depth"]),
+             normals_rgb(sample["normals"]), mask_rgb(sample["contours"])]
+    if "semantics" in sample:
+        tiles.append(classes_rgb(sample["semantics"]))
+    return tiles
 
 
 def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -64,7 +81,7 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 def contact_sheet(samples: list[dict[str, np.ndarray]], per_row: int = 2) -> np.ndarray:
-    """Several samples, `per_row` per row, each as image|depth|normals|contours."""
+    """Several samples, `per_row` per row, each as `sample_tiles`."""
     rows = []
     for i in range(0, len(samples), per_row):
         row = []
@@ -94,12 +111,16 @@ def _prediction_tiles(pred: dict[str, np.ndarray], i: int, truth=None) -> list[n
             tiles.append(mask_rgb(truth["contours"][i]))
         prob = 1.0 / (1.0 + np.exp(-pred["contours"][i]))
         tiles.append(np.repeat((prob[..., None] * 255).astype(np.uint8), 3, -1))
+    if "semantics" in pred:
+        if truth is not None:
+            tiles.append(classes_rgb(truth["semantics"][i]))
+        tiles.append(classes_rgb(np.argmax(pred["semantics"][i], -1)))
     return tiles
 
 
 def prediction_grid(previews: dict[str, Any], preds: dict[str, Any]) -> np.ndarray:
-    """Rows: synthetic input | true, predicted depth | true, predicted normals |
-    true, predicted contours; then real input | predicted maps."""
+    """Rows: synthetic input | true, predicted map of each task (depth,
+    normals, contours, semantics); then real input | predicted maps."""
     rows = []
     syn = previews["synthetic"]
     for i in range(len(syn["image"])):

@@ -1,8 +1,9 @@
-"""Dense-task metrics: depth, surface normals, contours (numpy, accumulating).
+"""Dense-task metrics: depth, normals, contours, semantics (numpy, accumulating).
 
 `DenseMetrics(tasks)` accumulates over batches of predictions (the network's
-outputs: log depth, unit normals, contour logits) and ground truth (depth in
-metres with 0 = invalid, unit normals, boolean contours), then `result()`:
+outputs: log depth, unit normals, contour logits, class logits) and ground
+truth (depth in metres with 0 = invalid, unit normals, boolean contours,
+integer classes with `scenes.NO_CLASS` = unlabelled), then `result()`:
 
   depth     abs_rel   mean |d - d*| / d*
             rmse      sqrt(mean (d - d*)^2)            (metres)
@@ -15,6 +16,10 @@ metres with 0 = invalid, unit normals, boolean contours), then `result()`:
             set (ODS), a predicted contour pixel counting as correct when a
             true one lies within `tolerance` pixels (Chebyshev distance) and
             vice versa for recall; plus that threshold (as a probability).
+  semantics miou      mean over classes of intersection / union of the
+                      predicted (argmax) and true masks, over the whole set;
+                      classes absent from both are left out
+            pixel_accuracy  share of labelled pixels classed right
 
 Depth and normal errors are means over all valid pixels of the set.
 """
@@ -56,6 +61,7 @@ class DenseMetrics:
         t = len(self.thresholds)
         self._edges = {"pred_ok": np.zeros(t), "pred": np.zeros(t),
                        "true_ok": np.zeros(t), "true": 0.0}
+        self._confusion: np.ndarray | None = None      # (true, predicted) counts
 
     def update(self, preds: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> None:
         valid = np.asarray(truth["depth"]) > 0
@@ -69,6 +75,18 @@ class DenseMetrics:
         if "contours" in self.tasks and "contours" in preds:
             self._update_contours(np.asarray(preds["contours"], np.float64),
                                   np.asarray(truth["contours"], bool))
+        if "semantics" in self.tasks and "semantics" in preds:
+            self._update_semantics(np.asarray(preds["semantics"]),
+                                   np.asarray(truth["semantics"], np.int64))
+
+    def _update_semantics(self, logits, true):
+        classes = logits.shape[-1]
+        if self._confusion is None:
+            self._confusion = np.zeros((classes, classes), np.int64)
+        labelled = (true >= 0) & (true < classes)
+        pairs = true[labelled] * classes + logits.argmax(-1)[labelled]
+        self._confusion += np.bincount(pairs, minlength=classes * classes).reshape(
+            classes, classes)
 
     def _update_depth(self, log_pred, true, valid):
         for p, t, v in zip(log_pred, true, valid):
@@ -119,4 +137,10 @@ class DenseMetrics:
                         "contours/recall": float(recall[best]),
                         "contours/f": float(f[best]),
                         "contours/threshold": float(self.thresholds[best])})
+        if "semantics" in self.tasks and self._confusion is not None and self._confusion.sum():
+            c = self._confusion
+            hit = np.diag(c).astype(np.float64)
+            union = c.sum(0) + c.sum(1) - hit
+            out.update({"semantics/miou": float(np.mean(hit[union > 0] / union[union > 0])),
+                        "semantics/pixel_accuracy": float(hit.sum() / c.sum())})
         return {k: float(v) for k, v in out.items()}

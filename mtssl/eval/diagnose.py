@@ -22,7 +22,8 @@ Prints a report and writes `<workdir>/diagnose_<step>.json` with:
   tasks        per task, the loss of the network's predictions on held-out
                scenes against a trivial predictor's (the best constant log
                depth, the mean normal, a constant 0.5 contour probability,
-               which is the optimum of the class-balanced loss): a ratio near
+               which is the optimum of the class-balanced loss, the batch's
+               class shares as semantic probabilities): a ratio near
                1 means the head learned no more than the constant; for
                contours also the loss of an oracle that knows the share of
                contour pixels in every 16x16 cell (the encoder's output
@@ -53,8 +54,11 @@ from flax import nnx
 from mtssl import losses, steps
 from mtssl.cli import run_config_command
 from mtssl.data.pipeline import normalize_images
+from mtssl.data.scenes import SEMANTIC_CLASSES
 from mtssl.data.sources import held_out_source, real_source, synthetic_batch
 from mtssl.pretrained import load_run
+
+NUM_CLASSES = len(SEMANTIC_CLASSES)
 
 
 def weight_norms(params, initial) -> dict[str, dict[str, float]]:
@@ -117,9 +121,23 @@ def trivial_losses(batch: dict[str, np.ndarray], static: steps.Static) -> dict[s
     preds = {"depth": np.full(shape, log_depth[valid].mean(), np.float32),
              "normals": np.broadcast_to(mean_normal, (*shape, 3)).astype(np.float32),
              "contours": np.zeros(shape, np.float32)}
-    preds = {t: preds[t] for t in static.tasks}
+    if "semantics" in static.tasks:
+        preds["semantics"] = np.broadcast_to(
+            np.log(class_shares(batch["semantics"]) + 1e-6), (*shape, NUM_CLASSES))
+    preds = {t: preds[t].astype(np.float32) for t in static.tasks}
     return {k: float(v) for k, v in steps.task_losses(
         jax.tree.map(jnp.asarray, preds), jax.tree.map(jnp.asarray, batch), static).items()}
+
+
+def class_shares(labels: np.ndarray) -> np.ndarray:
+    """Share of each semantic class among the labelled pixels."""
+    labels = labels[(labels >= 0) & (labels < NUM_CLASSES)]
+    return np.bincount(labels, minlength=NUM_CLASSES) / max(labels.size, 1)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 ORACLE_CELL = 16      # AlexNet's (and the dilated ResNets') output stride
@@ -160,12 +178,20 @@ def _across_images_variance(x: np.ndarray, mask: np.ndarray | None = None) -> fl
 
 def input_dependence(preds_syn, batch, preds_real) -> dict[str, dict[str, float]]:
     valid = batch["depth"] > 0
+    labelled = (batch["semantics"] >= 0) & (batch["semantics"] < NUM_CLASSES)
     targets = {"depth": np.log(np.where(valid, batch["depth"], 1.0)),
-               "normals": batch["normals"], "contours": batch["contours"]}
-    probs = lambda p, t: 1 / (1 + np.exp(-p)) if t == "contours" else p   # noqa: E731
+               "normals": batch["normals"], "contours": batch["contours"],
+               "semantics": np.eye(NUM_CLASSES)[np.where(labelled, batch["semantics"], 0)]}
+
+    def probs(pred, task):
+        if task == "contours":
+            return 1 / (1 + np.exp(-pred))
+        return _softmax(pred) if task == "semantics" else pred
+
+    masks = {"depth": valid, "normals": valid, "contours": None, "semantics": labelled}
     out = {}
     for task, pred in preds_syn.items():
-        mask = valid if task != "contours" else None
+        mask = masks[task]
         entry = {
             "prediction_var_synthetic": _across_images_variance(probs(pred, task), mask),
             "target_var_synthetic": _across_images_variance(

@@ -18,7 +18,7 @@ from flax import nnx
 
 from mtssl.models import alexnet, heads, resnet
 from mtssl.models.discriminator import PatchDiscriminator
-from mtssl.models.heads import TASKS
+from mtssl.models.heads import PAPER_TASKS, TASKS
 from mtssl.models.layers import set_compute_dtype
 
 ENCODERS = ("alexnet", "resnet18", "resnet50")
@@ -44,10 +44,10 @@ class MultiTaskNet(nnx.Module):
     `__call__(images)` returns (taps, predictions): the encoder's named
     features, and per task its prediction at image resolution: `depth` log
     depth (N, H, W), `normals` unit vectors (N, H, W, 3), `contours` logits
-    (N, H, W).
+    (N, H, W), `semantics` class logits (N, H, W, classes).
     """
 
-    def __init__(self, *, tasks: Sequence[str] = tuple(TASKS), encoder: str = "alexnet",
+    def __init__(self, *, tasks: Sequence[str] = PAPER_TASKS, encoder: str = "alexnet",
                  width: float = 1.0, norm: str = "batch", head_channels: int = 64,
                  rngs: nnx.Rngs):
         tasks = tuple(tasks)
@@ -73,6 +73,7 @@ class MultiTaskNet(nnx.Module):
 
 __all__ = [
     "ENCODERS",
+    "PAPER_TASKS",
     "TASKS",
     "MultiTaskNet",
     "PatchDiscriminator",

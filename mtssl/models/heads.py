@@ -15,10 +15,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtssl.data.scenes import SEMANTIC_CLASSES
 from mtssl.models.cpu_ops import conv_transpose
 from mtssl.models.layers import make_norm, norm_needs_bias
 
-TASKS = {"depth": 1, "normals": 3, "contours": 1}   # task -> output channels
+# task -> output channels. The paper's three tasks are the default; semantics
+# (per-pixel classes of the scene engine) is the fourth it names as future work.
+TASKS = {"depth": 1, "normals": 3, "contours": 1, "semantics": len(SEMANTIC_CLASSES)}
+PAPER_TASKS = ("depth", "normals", "contours")
 _KERNELS = (3, 3, 5, 3)
 
 
@@ -50,8 +54,11 @@ class DenseHead(nnx.Module):
 
 
 def postprocess(task: str, raw: jax.Array) -> jax.Array:
-    """Raw head output -> prediction: log depth (H, W), unit normals, logits."""
+    """Raw head output -> prediction: log depth (H, W), unit normals, contour
+    logits (H, W), semantic class logits (H, W, classes)."""
     if task == "normals":
         return raw * jax.lax.rsqrt(jnp.maximum(jnp.sum(raw * raw, -1, keepdims=True),
                                                1e-12))
+    if task == "semantics":
+        return raw
     return raw[..., 0]
