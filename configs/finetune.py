@@ -18,7 +18,9 @@ to norm 10, new layer at 10x. Our test crops are the usual deterministic 10
 and their mirrors); their script averages 10 random augmentations.
 
 `photos`: the embedded "photos" task (12 classes, single-label softmax) at
-96 px with runlocal's architecture for the random-init baseline.
+96 px with runlocal's architecture for the random-init baseline, scored on
+the "val" split as well, which experiments/finetune_sweep.py chooses the
+learning rate by (per encoder, the same grid for all).
 """
 
 import ml_collections
@@ -33,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ""             # TFDS data_dir ("" = default)
     c.train_split = "train+validation"
     c.test_split = "test"
+    c.val_split = ""            # also scored on this split ("" = none), for model selection
     c.photos_per_split = 1200   # "photos" dataset size per split
     c.image_size = 0            # crop size; 0: the checkpoint's training crop size
     c.min_scale = 0.3           # training crops: side in [min_scale, 1] x the short side
@@ -65,14 +68,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     if arg == "photos":
         c.dataset = "photos"
-        c.train_split, c.test_split = "train", "test"
+        c.train_split, c.test_split, c.val_split = "train", "test", "val"
         c.model.width = 0.25
         c.image_size = 96
         c.batch_size = 32
-        c.num_steps = 300
-        c.lr_decay_every = 100
-        c.log_every = 25
-        c.save_every = 100
+        # 1,200 steps (32 epochs of the 1,200 crops): at 300 even the random
+        # init had not converged (84.6 % vs 92.7 % at 1,200, seed 0, lr 1e-3).
+        c.num_steps = 1200
+        c.lr_decay_every = 400
+        c.log_every = 100
+        c.save_every = 400
         c.test_scale = 104 / 96
     elif arg:
         raise ValueError(f"unknown preset {arg!r}; valid: 'photos' (or none)")

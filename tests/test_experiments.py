@@ -4,6 +4,8 @@ import os
 import sys
 import types
 
+import pytest
+
 from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -36,3 +38,23 @@ def test_scale_curve_table_gives_best_layers_and_the_gap_to_random():
     assert "| 300 | 85.0 ± 5.0 | +10.0 ± 10.0 |" in table
     assert "| 300 | 50.0 ± 0.0 | 60.0 ± 0.0 | 60.0 ± 0.0 | 75.0 ± 15.0 | 70.0 ± 10.0 |" in table
     assert "cmd 300" in table
+
+
+def test_finetune_sweep_chooses_each_encoders_lr_on_val_and_reports_its_test():
+    import finetune_sweep
+    runs = [{"encoder": e, "seed": s, "lr": lr, "val_accuracy": v, "accuracy": t,
+             "command": f"cmd {e} {s} {lr}"}
+            for e, s, lr, v, t in [("random", 0, 0.001, 0.9, 0.8), ("random", 0, 0.01, 0.7, 0.95),
+                                   ("pre", 0, 0.001, 0.6, 0.9), ("pre", 0, 0.01, 0.8, 0.85),
+                                   ("pre", 1, 0.001, 0.5, 0.5), ("pre", 1, 0.01, 0.5, 0.6)]]
+    chosen = finetune_sweep.select(runs)
+    # By validation, never by test: random keeps 0.001 although 0.01 tests higher.
+    assert chosen[("random", 0)]["lr"] == 0.001 and chosen[("pre", 0)]["lr"] == 0.01
+    assert chosen[("pre", 1)]["lr"] == 0.001                  # a tie: the smaller lr
+    info = {"date": "2026-12-03", "machine": {"processor": "cpu", "cpu_count": 2,
+                                              "isa": [], "jax": "x"}}
+    table = finetune_sweep.markdown(runs, info)
+    assert "pre minus random init at the chosen lr (same seed): +5.0" in table
+    assert finetune_sweep.parse_encoders("random,a=x{seed}") == {"random": "", "a": "x{seed}"}
+    with pytest.raises(ValueError, match="name=checkpoint"):
+        finetune_sweep.parse_encoders("runlocal")

@@ -63,6 +63,13 @@ def test_photo_crops_are_labelled_and_disjoint():
     region, _ = test.load_example(13)
     resized = real.crop_and_resize(region, 32, "resize", np.random.default_rng(0))
     assert np.abs(resized.astype(int) - b["image"].astype(int)).mean() < 3
+    # "val": other crops of the training halves (model selection), not test's.
+    val = PhotoCrops(split="val", num_records=24, resolution=32)
+    assert val[13]["label"] == 1 and not np.array_equal(val[13]["image"], a["image"])
+    assert val._load_example(13)[0].shape == train._load_example(13)[0].shape
+    assert val._load_example(13)[0].shape != test._load_example(13)[0].shape
+    with pytest.raises(ValueError, match="train, test, val"):
+        PhotoCrops(split="validation")
 
 
 def test_digits_are_the_bundled_handwritten_digits_split_in_halves():

@@ -14,7 +14,10 @@ string:
   "photos"             the embedded default: which of scikit-image's 12
                        bundled photographs a crop comes from; train crops
                        are drawn from the left 55% of each photo, test crops
-                       from the right 45%, so no test pixel is ever trained on
+                       from the right 45%, so no test pixel is ever trained on;
+                       "val" crops are other crops of the training region, for
+                       choosing hyperparameters without looking at the test
+                       split (they overlap what is trained on: never report them)
   "digits"             scikit-learn's bundled handwritten digits (UCI optdigits
                        test set: 1,797 8x8 images of 10 classes, 0..16 grey
                        levels), upscaled; a fixed shuffle splits it in halves
@@ -68,13 +71,14 @@ class PhotoCrops(_Labeled):
     """Crops of the package photographs labelled by photograph."""
 
     TRAIN_SHARE = 0.55
+    SPLITS = ("train", "test", "val")     # the index is the seed offset
 
     def __init__(self, *, split: str = "train", num_records: int = 1200,
                  resolution: int = 64, seed: int = 0, min_scale: float = 0.3):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        super().__init__(resolution, seed + (0 if split == "train" else 1),
-                         "random_crop", min_scale)
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {', '.join(self.SPLITS)}, got {split!r}")
+        super().__init__(resolution, seed + self.SPLITS.index(split), "random_crop",
+                         min_scale)
         self.split, self.num_records = split, int(num_records)
         self.class_names = real.PHOTOS
         self.multilabel = False
@@ -86,7 +90,7 @@ class PhotoCrops(_Labeled):
         label = int(index) % len(self.class_names)
         photo = real.package_photo(self.class_names[label])
         cut = int(photo.shape[1] * self.TRAIN_SHARE)
-        return (photo[:, :cut] if self.split == "train" else photo[:, cut:]), np.int32(label)
+        return (photo[:, cut:] if self.split == "test" else photo[:, :cut]), np.int32(label)
 
     def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Record `index`'s crop of its photograph half at full resolution

@@ -23,8 +23,12 @@ over 10 crops (4 corners + centre and their mirrors). Multi-label sets use
 sigmoid outputs and report mAP (VOC "difficult"-only labels ignored), single-
 label sets softmax and top-1 accuracy.
 
+With `val_split`, the same scores on that split are added as `val_accuracy`
+(`val_map`): what a learning-rate sweep chooses by (experiments/
+finetune_sweep.py), so the test split is only ever reported.
+
 Output in `--workdir`: `finetune.json` ({"map" | "accuracy", "per_class_ap",
-"step", ...}), `finetune.md`, metrics.jsonl + TensorBoard events, and
+"step", "val_accuracy", ...}), `finetune.md`, metrics.jsonl + TensorBoard events, and
 checkpoints every `save_every` steps: an interrupted run resumes from the
 last one (model, optimizer and data position); a non-finite loss stops the
 run and keeps the last good checkpoint.
@@ -398,7 +402,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               "data_dir": config.data_dir or None, "num_records": config.photos_per_split}
     train_source = make_labeled(config.dataset, config.train_split, **common)
     test_source = make_labeled(config.dataset, config.test_split, **common)
-    for name, source in (("train", train_source), ("test", test_source)):
+    val_source = (make_labeled(config.dataset, config.val_split, **common)
+                  if config.val_split else None)
+    for name, source in (("train", train_source), ("test", test_source),
+                         ("val", val_source)):
+        if source is None:
+            continue
         if not hasattr(source, "load_example"):
             raise ValueError(f"{config.dataset} ({name}) cannot give uncropped examples")
     num_classes, multilabel = len(train_source.class_names), train_source.multilabel
@@ -460,6 +469,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         saving.finish()
         start_eval = time.perf_counter()
         result = evaluate(predict, state, test_source, config, image_size, data_sharding)
+        if val_source is not None:
+            val = evaluate(predict, state, val_source, config, image_size, data_sharding)
+            result.update({f"val_{k}": v for k, v in val.items()
+                           if k in ("map", "accuracy")})
         result.update(step=int(jax.device_get(state.step)), checkpoint=config.checkpoint,
                       checkpoint_step=encoder.step, dataset=config.dataset,
                       image_size=image_size, eval_seconds=time.perf_counter() - start_eval)
