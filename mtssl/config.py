@@ -268,6 +268,8 @@ def validate(config: ml_collections.ConfigDict,
 
 
 def tasks_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """model.tasks as a tuple (the command line may give "depth,normals")."""
+    """model.tasks as a tuple. The command line may give "depth,normals",
+    which arrives as that string or, over the tuple default, as a 1-tuple of it."""
     t = config.model.tasks
-    return tuple(t.split(",")) if isinstance(t, str) else tuple(t)
+    return tuple(name.strip() for part in ([t] if isinstance(t, str) else t)
+                 for name in str(part).split(",") if name.strip())

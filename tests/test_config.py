@@ -82,3 +82,16 @@ def test_impossible_combinations():
     c.data.threads = 0
     with pytest.raises(ValueError, match="data.threads=0 must be >= 1"):
         validate(c)
+
+
+def test_tasks_given_with_commas_on_the_command_line():
+    """--config.model.tasks=depth,semantics over the tuple default arrives from
+    ml_collections as the 1-tuple ('depth,semantics',) (as an ablation run
+    showed): it names two tasks, as does the plain string."""
+    from mtssl.config import tasks_of
+    for given in (("depth,semantics",), "depth,semantics", ("depth", "semantics")):
+        config = load_pretrain_config("runlocal").unlock()
+        del config.model["tasks"]
+        config.model.tasks = given
+        assert tasks_of(config) == ("depth", "semantics"), given
+        validate(config)
