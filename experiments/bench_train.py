@@ -20,9 +20,15 @@ matrix product of a few sizes, in the same process).
 Pipeline rows (`kind: "pipeline"`, `--pipeline_steps` > 0): each config at
 its own resolution (batch `--pipeline_batch`) runs the real training loop's data path (grain
 iterator over the scene engine and the real images, as `mtssl.train`) and
-step for that many steps; `input_wait_share` is the share of wall time spent
-waiting for the next batch, `renderer_images_per_s` the scene engine alone
-at the config's render settings.
+step for that many steps, in two rounds alternating with the same step on
+one fixed batch: `images_per_s` is the loop's, `step_alone_images_per_s` the
+fixed batch's, `loop_over_step_alone` their ratio (1.0: the data path costs
+nothing), `input_wait_share` the share of the loop's wall time spent in
+`next()` (the step dispatched before it runs meanwhile, so this is an upper
+bound on idle time), `host_ms_per_batch` the median host time of each
+data-path stage alone (render, real crops, preprocess: on 2 cores the step
+and these take turns on the same cores, so the loop is about their sum),
+`renderer_images_per_s` the scene engine alone at the config's settings.
 
 Prints a line per row and writes a JSON list of rows with at least `config`,
 `resolution`, `batch`, `images_per_s`, `peak_rss_mb` and the machine.
@@ -114,18 +120,47 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
             "peak_rss_mb": peak_rss_mb(), "repeats": repeats}
 
 
-def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int) -> dict:
-    """The training loop's data path + step, as `mtssl.train` runs them."""
+def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
+    """Median host milliseconds per batch of each data-path stage, one at a
+    time (render, real-image crops, normalisation): what the loop's CPU time
+    goes to besides the step."""
+    from mtssl.data import pipeline
+    b = config.batch_size
+
+    def median_ms(fn):
+        times = []
+        for r in range(repeats):
+            start = time.perf_counter()
+            fn(r)
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+    costs = {}
+    if hasattr(synthetic, "render_batch"):
+        synthetic.render_batch(np.arange(b))                       # compile
+        costs["render"] = median_ms(lambda r: synthetic.render_batch(np.arange(b) + (r + 1) * b))
+    syn = pipeline.CropSynthetic(config.image_size).random_map(
+        synthetic.render_batch(np.arange(b)) if hasattr(synthetic, "render_batch")
+        else pipeline._GatherBatch(synthetic).map(np.arange(b)), np.random.default_rng(0))
+    pair = (syn, None)
+    if real is not None and not hasattr(real, "render_batch"):
+        costs["real"] = median_ms(lambda r: [real[i] for i in range(r * b, (r + 1) * b)])
+        pair = (syn, {"image": np.stack([real[i]["image"] for i in range(b)])})
+    preprocess = pipeline.Preprocess(config.data.grayscale)
+    costs["preprocess"] = median_ms(
+        lambda r: preprocess.random_map(pair, np.random.default_rng(r)))
+    return costs
+
+
+def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
+                   rounds: int = 2) -> dict:
+    """The training loop's data path + step, as `mtssl.train` runs them, in
+    alternating rounds with the same step on one fixed batch (dispatched the
+    same way, so the two differ only in where the batches come from)."""
     config = load_config(config_spec)
     config.synthetic.on_device = on_device
     config.batch_size = batch or config.batch_size
     synthetic, real = training_sources(config)
-    render_start = time.perf_counter()
-    if hasattr(synthetic, "render_batch"):
-        synthetic.render_batch(np.arange(config.batch_size))            # compile
-        render_start = time.perf_counter()
-        synthetic.render_batch(np.arange(config.batch_size) + config.batch_size)
-    render_s = time.perf_counter() - render_start
+    costs = {} if on_device else _host_costs_ms(synthetic, real, config)
     data_iter = train.data_iterator(config, synthetic, real)
     static, init = steps.create(config, config.image_size, jax.random.key(0))
     static = train.with_device_rendering(static, config, synthetic)
@@ -134,22 +169,35 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int) 
         static, mesh, jax.eval_shape(init, jax.random.key(0)))
     state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
     for _ in range(2):                       # compile; fill the prefetch buffer
-        state, metrics = step(state, local_to_global(next(data_iter), data_sharding))
+        fixed = local_to_global(next(data_iter), data_sharding)
+        state, metrics = step(state, fixed)
     jax.block_until_ready(metrics)
-    wait, start = 0.0, time.perf_counter()
-    for _ in range(n_steps):
-        t0 = time.perf_counter()
-        batch = next(data_iter)
-        wait += time.perf_counter() - t0
-        state, metrics = step(state, local_to_global(batch, data_sharding))
-    jax.block_until_ready(metrics)
-    elapsed = time.perf_counter() - start
+    loop_s = alone_s = wait = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(n_steps):
+            state, metrics = step(state, fixed)
+        jax.block_until_ready(metrics)
+        alone_s += time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(n_steps):
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            wait += time.perf_counter() - t0
+            state, metrics = step(state, local_to_global(batch, data_sharding))
+        jax.block_until_ready(metrics)
+        loop_s += time.perf_counter() - start
+    images = rounds * n_steps * config.batch_size
     return {"kind": "pipeline", "config": config_spec, "on_device": on_device,
             "resolution": config.image_size,
-            "batch": config.batch_size, "steps": n_steps,
-            "images_per_s": n_steps * config.batch_size / elapsed,
-            "input_wait_share": wait / elapsed,
-            "renderer_images_per_s": config.batch_size / render_s if render_s else None,
+            "batch": config.batch_size, "steps": rounds * n_steps,
+            "images_per_s": images / loop_s,
+            "step_alone_images_per_s": images / alone_s,
+            "loop_over_step_alone": alone_s / loop_s,
+            "input_wait_share": wait / loop_s,
+            "host_ms_per_batch": costs,
+            "renderer_images_per_s": (config.batch_size / costs["render"] * 1e3
+                                      if "render" in costs else None),
             "render_resolution": config.synthetic.render.resolution,
             "peak_rss_mb": peak_rss_mb()}
 
@@ -218,9 +266,12 @@ def main():
             rows.append(row | {"machine": info})
             print(f"{config:>30s} {row['resolution']:4d} px batch {row['batch']} "
                   f"pipeline{' (on device)' if on_device else ''}: "
-                  f"{row['images_per_s']:7.1f} img/s end to end, input wait "
-                  f"{100 * row['input_wait_share']:.1f}%, renderer "
-                  f"{row['renderer_images_per_s'] or 0:.0f} img/s [{label}]", flush=True)
+                  f"{row['images_per_s']:7.1f} img/s end to end = "
+                  f"{row['loop_over_step_alone']:.2f}x the step alone "
+                  f"({row['step_alone_images_per_s']:.1f}), input wait "
+                  f"{100 * row['input_wait_share']:.1f}%, host ms per batch "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in row["host_ms_per_batch"].items())
+                  + f" [{label}]", flush=True)
     write_rows(rows, args.out)
 
 

@@ -307,18 +307,29 @@ def test_converted_and_raw_scenenet_folders_train_through_the_config(tmp_path):
     (scenenet / "intrinsics.json").write_text(json.dumps(
         {"fx": k[0, 0], "fy": k[1, 1], "cx": k[0, 2], "cy": k[1, 2]}))
 
+    # Every folder goes through the config's source and the training data
+    # iterator; two of them (one converted, one read in place) train end to
+    # end, as the others differ from those only in what the reader was given.
     datasets = {"scenenet_out": {}, "hypersim_out": {}, "bproc_out": {},
                 "scenenet": {"synthetic.depth_kind": "ray"}}
     for name, options in datasets.items():
         config = tiny_config(**{"synthetic.source": f"folder:{tmp_path / name}",
                                 "da.enabled": False, "log.images_every_steps": 0,
                                 "eval.num_images": 4, **options})
+        source = synthetic_source(config)
         if name == "scenenet":     # in place: the planar depth of the analytic scene
-            got = synthetic_source(config)[0]
             rows = (np.arange(config.image_size) + 0.5) * H / config.image_size
             cols = (np.arange(config.image_size) + 0.5) * H / config.image_size + 4
             want = z[rows.astype(int)][:, cols.astype(int)]
-            np.testing.assert_allclose(got["depth"], want, atol=1.5e-3)
+            np.testing.assert_allclose(source[0]["depth"], want, atol=1.5e-3)
+        batch = next(train.data_iterator(config, source, None))["synthetic"]
+        assert batch["image"].shape == (config.batch_size, config.image_size,
+                                        config.image_size, 3), name
+        assert np.all(np.isfinite(batch["depth"])) and batch["depth"].max() > 0, name
+        np.testing.assert_allclose(np.linalg.norm(batch["normals"], axis=-1), 1.0,
+                                   atol=1e-3, err_msg=name)
+        if name not in ("hypersim_out", "scenenet"):
+            continue
         last = train.train_and_evaluate(config, str(tmp_path / f"run_{name}"))
         assert np.isfinite(last["g_loss"]) and last["eval/depth/abs_rel"] < 10, name
         assert 0 <= last["eval/normals/mean_deg"] <= 180, name

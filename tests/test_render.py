@@ -1,5 +1,6 @@
 """The scene engine: determinism, formats, and ground truth that is exact."""
 
+import functools
 import math
 
 import jax
@@ -60,9 +61,10 @@ def test_scenes_contain_objects(batch):
 def test_semantic_classes_follow_the_instances_and_the_object_kinds(batch):
     """Every instance has one class: floor, ceiling, wall, or its object's kind."""
     assert batch["semantics"].dtype == np.int32
-    cfg = sc.SceneConfig()
+    # Jitted: eager sampling dispatches its hundreds of small ops one by one.
+    sample = jax.jit(functools.partial(sc.sample_scene, cfg=sc.SceneConfig()))
     for i in range(4):
-        kinds = np.asarray(sc.sample_scene(synthetic.record_keys(7, i)[0], cfg).objects.kind)
+        kinds = np.asarray(sample(synthetic.record_keys(7, i)[0]).objects.kind)
         inst, sem = batch["instances"][i], batch["semantics"][i]
         want = {1: 0, 2: 1, 3: 2, 4: 2, 5: 2, 6: 2}
         want.update({sc.FIRST_OBJECT_INSTANCE + j: sc.FIRST_KIND_CLASS + int(k)
