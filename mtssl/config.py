@@ -131,6 +131,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.d_momentum = 0.9      # sgd momentum; adam uses g_b1 / g_b2
     c.optim.d_weight_decay = 5e-4
     c.optim.lr_decay_epochs = (18.0, 27.0)   # x lr_decay_factor at each
+    # ...and at each of these fractions of the run's steps, for runs counted
+    # in steps (e.g. (0.6, 0.9): the paper's epochs 18 and 27 of 30).
+    c.optim.lr_decay_fractions = ()
     c.optim.lr_decay_factor = 0.1
 
     c.da = ml_collections.ConfigDict()
@@ -237,6 +240,9 @@ def validate(config: ml_collections.ConfigDict,
     for name in ("width", "disc_width"):
         if m[name] <= 0:
             raise ValueError(f"model.{name}={m[name]} must be > 0")
+    if any(not 0 < f < 1 for f in config.optim.lr_decay_fractions):
+        raise ValueError(f"optim.lr_decay_fractions={config.optim.lr_decay_fractions} "
+                         "must each be in (0, 1)")
     if config.batch_size < 1:
         raise ValueError(f"batch_size={config.batch_size} must be >= 1")
     if device_count and config.batch_size % device_count:

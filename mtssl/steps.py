@@ -117,13 +117,17 @@ def _schedule(lr: float, boundaries, factor: float) -> optax.Schedule:
     return optax.piecewise_constant_schedule(lr, {int(b): factor for b in boundaries})
 
 
-def make_optimizers(optim, steps_per_epoch: int):
+def make_optimizers(optim, steps_per_epoch: int, total_steps: int = 1):
     """G: Adam (lr 1e-3, betas 0.5/0.999); D: SGD momentum 0.9 (or, with
     `d_optimizer="adam"`, Adam with G's betas) with weight decay 5e-4 added
     to the gradient (PyTorch semantics). Both decay by
     `lr_decay_factor` at each of `lr_decay_epochs` (the schedule the
-    reference defined but never applied). Returns (g_tx, d_tx, g_schedule)."""
-    boundaries = [round(e * steps_per_epoch) for e in optim.lr_decay_epochs]
+    reference defined but never applied) and of `lr_decay_fractions` of
+    `total_steps`. Returns (g_tx, d_tx, g_schedule)."""
+    # .get: runs saved before lr_decay_fractions existed load without it.
+    boundaries = sorted({round(e * steps_per_epoch) for e in optim.lr_decay_epochs}
+                        | {round(f * total_steps)
+                           for f in optim.get("lr_decay_fractions", ())})
     g_schedule = _schedule(optim.g_lr, boundaries, optim.lr_decay_factor)
     g_tx = optax.adam(g_schedule, b1=optim.g_b1, b2=optim.g_b2)
     d_schedule = _schedule(optim.d_lr, boundaries, optim.lr_decay_factor)
@@ -139,12 +143,14 @@ def _split(module):
     return graphdef, params, stats
 
 
-def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
+def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1,
+           total_steps: int = 1):
     """Builds (Static, init_fn). init_fn(key) -> TrainState, pure and jittable.
 
     config: the pretraining ConfigDict (`mtssl.config.defaults()`); only its
     `model`, `loss`, `optim` and `da` sections are read here.
-    steps_per_epoch: converts `optim.lr_decay_epochs` into steps.
+    steps_per_epoch, total_steps: turn `optim.lr_decay_epochs` and
+    `optim.lr_decay_fractions` into steps (only training needs them).
     """
     m = config.model
     adapt = m.adapt_layer
@@ -171,7 +177,7 @@ def create(config, image_size: int, key: jax.Array, steps_per_epoch: int = 1):
     feature_shape = jax.eval_shape(
         lambda k: build(k)[0].encoder(jnp.zeros((2, image_size, image_size, 3)))[adapt],
         key).shape[1:]
-    g_tx, d_tx, g_schedule = make_optimizers(config.optim, steps_per_epoch)
+    g_tx, d_tx, g_schedule = make_optimizers(config.optim, steps_per_epoch, total_steps)
     weights = tuple((t, float(config.loss.weights[t])) for t in tasks) + (
         ("adversarial", float(config.loss.weights.adversarial)),)
     static = Static(g_def=g_def, d_def=d_def, g_tx=g_tx, d_tx=d_tx, tasks=tasks,

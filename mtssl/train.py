@@ -101,7 +101,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_iter = data_iterator(config, synthetic, real)
 
     key = jax.random.key(config.seed)
-    static, init = steps.create(config, config.image_size, key, steps_per_epoch)
+    static, init = steps.create(config, config.image_size, key, steps_per_epoch,
+                                total_steps)
     static = with_device_rendering(static, config, synthetic)
     abstract = jax.eval_shape(init, key)
     train_step, state_sharding, data_sharding = steps.compile_step(static, mesh, abstract)

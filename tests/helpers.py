@@ -30,7 +30,7 @@ TINY = {
     "synthetic.render.resolution": 72, "synthetic.render.num_records": 64,
     "synthetic.render.aa_samples": 0, "synthetic.render.shadows": False,
     "model.width": 0.125, "model.head_channels": 8, "model.disc_width": 0.0625,
-    "optim.lr_decay_epochs": (), "da.pool_size": 4,
+    "optim.lr_decay_epochs": (), "optim.lr_decay_fractions": (), "da.pool_size": 4,
     "log.every_steps": 2, "log.images_every_steps": 4, "log.num_images": 2,
     "eval.every_steps": 2, "eval.num_images": 6,
     "checkpoint.every_steps": 2, "checkpoint.keep": 5,

@@ -223,6 +223,19 @@ def test_lr_schedule_decays_at_the_configured_epochs(no_da_run):
     assert moves[2] < 0.3 * moves[1] and moves[3] < 0.3 * moves[2]
 
 
+def test_lr_decays_at_fractions_of_the_run_and_at_epochs_together():
+    optim = step_config(**{"optim.lr_decay_epochs": (1.0,),
+                           "optim.lr_decay_fractions": (0.5, 0.9)}).optim
+    _, _, schedule = steps.make_optimizers(optim, steps_per_epoch=10, total_steps=40)
+    # Boundaries: epoch 1 = step 10, half of 40 = 20, 0.9 x 40 = 36.
+    lrs = [float(schedule(s)) for s in (0, 9, 10, 19, 20, 35, 36, 39)]
+    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-6, 1e-6],
+                               rtol=1e-5)
+    from mtssl.config import validate
+    with pytest.raises(ValueError, match="lr_decay_fractions"):
+        validate(step_config(**{"optim.lr_decay_fractions": (0.6, 1.0)}))
+
+
 def test_adversarial_gradient_reaches_the_encoder_up_to_the_adapted_layer(batch):
     """The reference shipped with the adversarial term detached; here it must
     move the encoder layers below the adapted one, and nothing above it."""
