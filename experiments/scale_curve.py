@@ -9,7 +9,9 @@ Per seed, one pretraining run (`python -m mtssl.main
 --config=configs/pretrain.py:<preset>`, `--config.seed=<seed>`) is taken to
 each requested step in turn: the run resumes from its previous checkpoint,
 which training allows exactly, so the checkpoint at step k is the one an
-uninterrupted run would have written there. Each checkpoint is probed with
+uninterrupted run would have written there (at a constant learning rate:
+the script turns off `optim.lr_decay_fractions`, which would move with
+each target step). Each checkpoint is probed with
 the standard protocol (`configs/linear_probe.py` defaults: post-ReLU taps,
 running BatchNorm statistics, colour images) on every dataset (default the
 embedded `photos` and `digits`); step 0 is a random-init encoder of the run's
@@ -46,6 +48,9 @@ def pretrain_command(preset: str, run_dir: pathlib.Path, seed: int, steps: int,
             f"--workdir={run_dir}", f"--config.seed={seed}", f"--config.num_steps={steps}",
             # Only the checkpoints the curve probes (plus one to resume from).
             "--config.checkpoint.every_steps=1000000", "--config.checkpoint.keep=1000",
+            # A constant rate: decays at fractions of num_steps would move with
+            # each target step the run is resumed to.
+            "--config.optim.lr_decay_fractions=()",
             "--config.log.images_every_steps=0",
             f"--config.synthetic.render.cache_dir={render_cache}", *extra]
 
