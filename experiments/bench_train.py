@@ -136,11 +136,11 @@ def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
         return 1e3 * statistics.median(times)
     costs = {}
     if hasattr(synthetic, "render_batch"):
-        synthetic.render_batch(np.arange(b))                       # compile
+        first = synthetic.render_batch(np.arange(b))               # compiles
         costs["render"] = median_ms(lambda r: synthetic.render_batch(np.arange(b) + (r + 1) * b))
-    syn = pipeline.CropSynthetic(config.image_size).random_map(
-        synthetic.render_batch(np.arange(b)) if hasattr(synthetic, "render_batch")
-        else pipeline._GatherBatch(synthetic).map(np.arange(b)), np.random.default_rng(0))
+    else:
+        first = pipeline._GatherBatch(synthetic).map(np.arange(b))
+    syn = pipeline.CropSynthetic(config.image_size).random_map(first, np.random.default_rng(0))
     pair = (syn, None)
     if real is not None and not hasattr(real, "render_batch"):
         costs["real"] = median_ms(lambda r: [real[i] for i in range(r * b, (r + 1) * b)])

@@ -125,9 +125,8 @@ def make_optimizers(optim, steps_per_epoch: int, total_steps: int = 1):
     reference defined but never applied) and of `lr_decay_fractions` of
     `total_steps`. Returns (g_tx, d_tx, g_schedule)."""
     # .get: runs saved before lr_decay_fractions existed load without it.
-    boundaries = sorted({round(e * steps_per_epoch) for e in optim.lr_decay_epochs}
-                        | {round(f * total_steps)
-                           for f in optim.get("lr_decay_fractions", ())})
+    boundaries = ([round(e * steps_per_epoch) for e in optim.lr_decay_epochs]
+                  + [round(f * total_steps) for f in optim.get("lr_decay_fractions", ())])
     g_schedule = _schedule(optim.g_lr, boundaries, optim.lr_decay_factor)
     g_tx = optax.adam(g_schedule, b1=optim.g_b1, b2=optim.g_b2)
     d_schedule = _schedule(optim.d_lr, boundaries, optim.lr_decay_factor)
