@@ -258,18 +258,21 @@ def test_adversarial_gradient_reaches_the_encoder_up_to_the_adapted_layer(batch)
 
 def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(batch, default_run):
     f32 = default_run[1]
-    bf16_state, bf16, _ = run(step_config(**{"model.dtype": "bfloat16"}), batch, 1)
+    static, init = steps.create(step_config(**{"model.dtype": "bfloat16"}), RES,
+                                jax.random.key(0))
+    state0 = jax.jit(init)(jax.random.key(0))
+    # One trace gives both the program text and the step that runs.
+    lowered = jax.jit(lambda s, b: steps.train_step(s, b, static=static)).lower(state0, batch)
+    hlo = lowered.as_text()
+    bf16_state, metrics = lowered.compile()(state0, batch)
+    bf16 = jax.device_get(metrics)
     for tree in (bf16_state.g_params, bf16_state.g_stats, bf16_state.d_params,
                  bf16_state.g_opt, bf16_state.pool_synthetic.features):
         assert {x.dtype for x in jax.tree.leaves(tree)
                 if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
     for key in ("loss/depth", "loss/normals", "loss/contours", "loss/adversarial"):
-        assert bf16[0][key].dtype == np.float32
-        assert bf16[0][key] == pytest.approx(f32[0][key], rel=2e-2), key
-    static, init = steps.create(step_config(**{"model.dtype": "bfloat16"}), RES,
-                                jax.random.key(0))
-    hlo = jax.jit(lambda s, b: steps.train_step(s, b, static=static)).lower(
-        jax.eval_shape(init, jax.random.key(0)), batch).as_text()
+        assert bf16[key].dtype == np.float32
+        assert bf16[key] == pytest.approx(f32[0][key], rel=2e-2), key
     # Every convolution and matrix product of the step (forward and backward,
     # G and D) computes in bfloat16.
     products = [line.split("->")[-1] for line in hlo.splitlines()
