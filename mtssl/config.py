@@ -92,6 +92,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.synthetic.render.scene = dataclasses.asdict(SceneConfig())
 
     c.real = ml_collections.ConfigDict()
+    # package: the training parts of scikit-image's photos (never the photos
+    # probe's test parts).
     c.real.source = "package"     # package | imagefolder:<path> | tfds:<name> | target
     c.real.split = "train"        # tfds split
     c.real.data_dir = ""          # tfds data_dir ("" = TFDS default)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mtssl.data import real
+from mtssl.data import labeled, real
 
 
 def test_package_photos_are_deterministic_varied_crops():
@@ -19,6 +19,28 @@ def test_package_photos_are_deterministic_varied_crops():
     other = real.PackagePhotos(resolution=48, seed=4, num_records=50)
     assert not np.array_equal(a, other[7]["image"])
     assert a.std() > 5
+
+
+def test_real_domain_never_reads_the_photos_probe_test_part(monkeypatch):
+    # Every photo: its training part black, its test part white. No crop of
+    # the real domain may contain a white pixel; the probe's test crops are
+    # all white.
+    def fake_photo(name):
+        photo = np.zeros((60, 100, 3), np.uint8)
+        photo[:, int(100 * real.PHOTO_TRAIN_SHARE):] = 255
+        return photo
+
+    monkeypatch.setattr(real, "package_photo", fake_photo)
+    real.photo_part.cache_clear()
+    try:
+        train, test = real.photo_part("coffee", "train"), real.photo_part("coffee", "test")
+        np.testing.assert_array_equal(np.concatenate([train, test], 1), fake_photo(""))
+        src = real.PackagePhotos(resolution=16, num_records=200, min_scale=1.0)
+        assert max(src[i]["image"].max() for i in range(len(src))) == 0
+        probe_test = labeled.PhotoCrops(split="test", num_records=24, resolution=16)
+        assert min(probe_test[i]["image"].min() for i in range(24)) == 255
+    finally:
+        real.photo_part.cache_clear()
 
 
 def test_crop_modes_by_hand():

@@ -70,7 +70,6 @@ class _Labeled(real.CroppedImages):
 class PhotoCrops(_Labeled):
     """Crops of the package photographs labelled by photograph."""
 
-    TRAIN_SHARE = 0.55
     SPLITS = ("train", "test", "val")     # the index is the seed offset
 
     def __init__(self, *, split: str = "train", num_records: int = 1200,
@@ -88,9 +87,8 @@ class PhotoCrops(_Labeled):
 
     def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         label = int(index) % len(self.class_names)
-        photo = real.package_photo(self.class_names[label])
-        cut = int(photo.shape[1] * self.TRAIN_SHARE)
-        return (photo[:, cut:] if self.split == "test" else photo[:, :cut]), np.int32(label)
+        part = "test" if self.split == "test" else "train"
+        return real.photo_part(self.class_names[label], part), np.int32(label)
 
     def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Record `index`'s crop of its photograph half at full resolution

@@ -3,7 +3,9 @@ that yield {"image": uint8 (resolution, resolution, 3)}.
 
 * `PackagePhotos`: random crops of the photographs shipped inside
   scikit-image: the embedded default, no download (a stand-in for Places365
-  that lets everything run on a fresh machine).
+  that lets everything run on a fresh machine). It crops only each photo's
+  training part (`photo_part`): the rest is the embedded photos probe's test
+  set, which pretraining must never see.
 * `ImageFolder`: every image below a folder (jpg, png, bmp, webp, ...).
 * `TfdsImages`: any TFDS dataset prepared as ArrayRecord, read through
   `tfds.data_source` without TensorFlow (e.g. `places365_small`,
@@ -41,6 +43,10 @@ CROPS = ("random_crop", "center_crop", "resize")
 # Photographs (not drawings or documents) in scikit-image's bundled data.
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
           "brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
+# The left share of each photo in PHOTOS is its training part: the real
+# domain and the photos probe's train/val crops come from it, the probe's
+# test crops from the rest (`photo_part`).
+PHOTO_TRAIN_SHARE = 0.55
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -180,11 +186,26 @@ def package_photo(name: str) -> np.ndarray:
     return to_rgb(getattr(skimage.data, name)())
 
 
+@functools.cache
+def photo_part(name: str, part: str) -> np.ndarray:
+    """Photo `name`'s training part ("train": its left PHOTO_TRAIN_SHARE of
+    columns) or the rest ("test"), contiguous (PIL would copy a view)."""
+    if part not in ("train", "test"):
+        raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+    photo = package_photo(name)
+    cut = int(photo.shape[1] * PHOTO_TRAIN_SHARE)
+    return np.ascontiguousarray(photo[:, cut:] if part == "test" else photo[:, :cut])
+
+
 class PackagePhotos(CroppedImages):
-    """Random crops of scikit-image's bundled photographs (keyword args only).
+    """Random crops of the training parts of scikit-image's bundled
+    photographs (keyword args only).
 
     `num_records` crops cycle through `photos`; with the default random crop
-    and flip, every record is a different view.
+    and flip, every record is a different view. The photos' test parts are
+    the photos probe's test images and are never read here: a pretrained
+    encoder has seen no probe test pixel, not even unlabelled (its BatchNorm
+    statistics and D see the real domain).
     """
 
     def __init__(self, *, resolution: int = 128, seed: int = 0,
@@ -200,7 +221,7 @@ class PackagePhotos(CroppedImages):
         return self.num_records
 
     def _load(self, index: int) -> np.ndarray:
-        return package_photo(self.photos[index % len(self.photos)])
+        return photo_part(self.photos[index % len(self.photos)], "train")
 
     def __repr__(self) -> str:
         return (f"PackagePhotos(resolution={self.resolution}, photos={len(self.photos)}, "
