@@ -19,6 +19,8 @@ from mtssl.models.cpu_ops import (
     dilated_conv,
     dilated_conv_im2col,
     pointwise_conv,
+    strided_conv,
+    strided_conv_space_to_depth,
 )
 from mtssl.models.layers import BatchNorm
 
@@ -226,6 +228,32 @@ def test_im2col_dilated_conv_equals_the_module(k, pad, dilation, size):
     y1, g1 = _value_and_grads(rewritten, x, w)
     for a, b in zip((y0, *g0), (y1, *g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# conv1 at 96 px (the padded input is whole blocks) and at 227 px (one row
+# of blocks padded further); a stride that leaves the last input rows unread
+# (cut off); unequal strides, paddings and kernel sides.
+@pytest.mark.parametrize("k,stride,pad,size", [
+    ((11, 11), (4, 4), ((2, 2), (2, 2)), (96, 96)),
+    ((11, 11), (4, 4), ((2, 2), (2, 2)), (227, 227)),
+    ((2, 2), (3, 3), ((0, 0), (0, 0)), (13, 13)),
+    ((3, 5), (2, 3), ((1, 0), (2, 1)), (9, 14))])
+def test_space_to_depth_strided_conv_equals_the_module(k, stride, pad, size):
+    conv = nnx.Conv(3, 7, k, strides=stride, padding=pad, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, *size, 3))
+    plain = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
+
+    def rewritten(x, w):
+        return strided_conv_space_to_depth(x, w, stride, pad) + conv.bias[...]
+
+    np.testing.assert_allclose(strided_conv(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    w = conv.kernel[...]
+    y0, g0 = _value_and_grads(plain, x, w)
+    y1, g1 = _value_and_grads(rewritten, x, w)
+    assert y1.shape == y0.shape
+    for a, b in zip((y0, *g0), (y1, *g1)):    # sums of up to ~10^5 float32 terms
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
 
 
 @pytest.mark.parametrize("encoder", ["alexnet", "resnet18"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from mtssl.models.cpu_ops import dilated_conv, pointwise_conv
+from mtssl.models.cpu_ops import dilated_conv, pointwise_conv, strided_conv
 from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 TAPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
@@ -66,7 +66,7 @@ class AlexNetBN(nnx.Module):
                                 padding=((pad, pad), (pad, pad)))
 
         stages = (
-            ("conv1", lambda x: norms["conv1"](self.conv1(x))),
+            ("conv1", lambda x: norms["conv1"](strided_conv(self.conv1, x))),
             ("conv2", lambda x: norms["conv2"](self.conv2(pool(x)))),
             ("conv3", lambda x: norms["conv3"](self.conv3(pool(x)))),
             ("conv4", lambda x: norms["conv4"](self.conv4(relu(x)))),
