@@ -1,5 +1,7 @@
 """Model shapes, the paper's geometry, task subsets and norm options."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,12 +234,14 @@ def test_im2col_dilated_conv_equals_the_module(k, pad, dilation, size):
 
 # conv1 at 96 px (the padded input is whole blocks) and at 227 px (one row
 # of blocks padded further); a stride that leaves the last input rows unread
-# (cut off); unequal strides, paddings and kernel sides.
+# (cut off); unequal strides, paddings and kernel sides; the discriminator's
+# VALID 3x3 stride 2 on a 5x5 map.
 @pytest.mark.parametrize("k,stride,pad,size", [
     ((11, 11), (4, 4), ((2, 2), (2, 2)), (96, 96)),
     ((11, 11), (4, 4), ((2, 2), (2, 2)), (227, 227)),
     ((2, 2), (3, 3), ((0, 0), (0, 0)), (13, 13)),
-    ((3, 5), (2, 3), ((1, 0), (2, 1)), (9, 14))])
+    ((3, 5), (2, 3), ((1, 0), (2, 1)), (9, 14)),
+    ((3, 3), (2, 2), "VALID", (5, 5))])          # the discriminator's conv1
 def test_space_to_depth_strided_conv_equals_the_module(k, stride, pad, size):
     conv = nnx.Conv(3, 7, k, strides=stride, padding=pad, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, *size, 3))
@@ -245,15 +249,25 @@ def test_space_to_depth_strided_conv_equals_the_module(k, stride, pad, size):
         x, w, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
 
     def rewritten(x, w):
-        return strided_conv_space_to_depth(x, w, stride, pad) + conv.bias[...]
+        explicit = ((0, 0), (0, 0)) if pad == "VALID" else pad
+        return strided_conv_space_to_depth(x, w, stride, explicit) + conv.bias[...]
 
-    np.testing.assert_allclose(strided_conv(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    def module_form(forward):      # the module's fields, its kernel traced
+        def apply(x, w):
+            layer = types.SimpleNamespace(kernel=w, bias=conv.bias[...], dtype=None,
+                                          strides=conv.strides, padding=conv.padding)
+            return strided_conv(layer, x, forward=forward)
+        return apply
+
     w = conv.kernel[...]
     y0, g0 = _value_and_grads(plain, x, w)
-    y1, g1 = _value_and_grads(rewritten, x, w)
-    assert y1.shape == y0.shape
-    for a, b in zip((y0, *g0), (y1, *g1)):    # sums of up to ~10^5 float32 terms
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
+    # The rewrite, and the module on CPU both ways: the rewrite's forward, or
+    # XLA's forward and kernel gradient with the rewrite's input gradient.
+    for form in (rewritten, module_form("space_to_depth"), module_form("plain")):
+        y1, g1 = _value_and_grads(form, x, w)
+        assert y1.shape == y0.shape
+        for a, b in zip((y0, *g0), (y1, *g1)):    # sums of up to ~10^5 float32 terms
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
 
 
 @pytest.mark.parametrize("encoder", ["alexnet", "resnet18"])

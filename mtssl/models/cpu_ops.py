@@ -1,6 +1,7 @@
 """Mathematically identical rewrites of four layer types that XLA:CPU
-computes faster than its own kernels for them: the strided conv1 as
-space-to-depth, im2col and one product (`strided_conv`), the dilated fc6 as
+computes faster than its own kernels for them: strided convolutions as
+space-to-depth, im2col and one product (`strided_conv`: AlexNet's conv1, and
+the input gradient of the discriminator's conv1), the dilated fc6 as
 im2col and one product (`dilated_conv`), 1x1 convolutions as a product
 (`pointwise_conv`), the heads' stride-2 transposed convolutions as col2im
 (`conv_transpose`, in batch chunks where its per-tap array would be large).
@@ -13,6 +14,7 @@ compare both forms. Measured speed-ups: docs/performance.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import jax
@@ -167,22 +169,57 @@ def pointwise_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     return y if bias is None else y + bias
 
 
-def strided_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-    """`conv(x)` for an undilated `nnx.Conv` with stride > 1 and explicit
-    padding (AlexNet's conv1: 11x11, stride 4, 3 input channels).
+def strided_conv(conv: nnx.Conv, x: jax.Array, *, forward: str = "space_to_depth") -> jax.Array:
+    """`conv(x)` for an undilated `nnx.Conv` with stride > 1.
 
-    On CPU it is computed by `strided_conv_space_to_depth`: XLA:CPU's
-    convolution kernel runs the 3-channel, stride-4 conv1 at a few GFLOP/s
-    (at 96 px and 24 output channels 19 ms forward for a batch of 16, 5x the
-    rewrite's forward and kernel gradient together). Elsewhere it is the
-    module's own op.
+    On CPU, `strided_conv_space_to_depth` computes it: XLA:CPU's convolution
+    kernel runs AlexNet's 3-channel, stride-4 conv1 at a few GFLOP/s (at 96
+    px and 24 output channels 19 ms forward for a batch of 16, 5x the
+    rewrite's forward and kernel gradient together). With
+    `forward="plain"` XLA keeps the forward and the kernel gradient, which it
+    computes fast for wide inputs, and only the input gradient comes from
+    the rewrite: XLA computes that one as a dilated convolution in a generic
+    kernel (the discriminator's 3x3 stride-2 conv1 on a 5x5 map: 2.6 ms of
+    0.2 ms forward at runlocal's width, 74 of 1.8 ms at the paper's).
+    Elsewhere it is the module's own op.
     """
     if not _rewrite_for_cpu():
         return conv(x)
     x, kernel, bias = _in_compute_dtype(conv, x)
     strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides,) * 2
-    y = strided_conv_space_to_depth(x, kernel, strides, conv.padding)
+    padding = ((0, 0), (0, 0)) if conv.padding == "VALID" else conv.padding
+    if forward == "plain":
+        y = _plain_strided_conv_space_to_depth_input_grad(x, kernel, strides, padding)
+    elif forward == "space_to_depth":
+        y = strided_conv_space_to_depth(x, kernel, strides, padding)
+    else:
+        raise ValueError(f"forward={forward!r}; valid: 'space_to_depth', 'plain'")
     return y if bias is None else y + bias
+
+
+def _plain_strided_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _plain_strided_conv_space_to_depth_input_grad(x, kernel, strides, padding):
+    return _plain_strided_conv(x, kernel, strides, padding)
+
+
+def _plain_strided_conv_fwd(x, kernel, strides, padding):
+    return _plain_strided_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _plain_strided_conv_bwd(strides, padding, residuals, grad):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _plain_strided_conv(x, k, strides, padding), kernel)
+    _, input_vjp = jax.vjp(lambda x: strided_conv_space_to_depth(x, kernel, strides, padding), x)
+    return input_vjp(grad)[0], kernel_vjp(grad)[0]
+
+
+_plain_strided_conv_space_to_depth_input_grad.defvjp(_plain_strided_conv_fwd,
+                                                     _plain_strided_conv_bwd)
 
 
 def strided_conv_space_to_depth(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:

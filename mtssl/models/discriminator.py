@@ -2,7 +2,8 @@
 
 The reference's conv5 discriminator: conv 512 k3 s2 (13 -> 6), norm, LeakyReLU
 0.2, 1x1 conv 512, norm, LeakyReLU 0.2, 1x1 conv 1: a map of real/fake logits,
-one per patch. The same stack serves any tapped layer (conv1..conv5, fc6): it
+one per patch (on CPU conv1's input gradient is computed as
+`cpu_ops.strided_conv` says). The same stack serves any tapped layer (conv1..conv5, fc6): it
 is fully convolutional, so earlier, larger maps just give more patches.
 """
 
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mtssl.models.cpu_ops import strided_conv
 from mtssl.models.layers import make_norm, norm_needs_bias, scaled
 
 
@@ -28,6 +30,6 @@ class PatchDiscriminator(nnx.Module):
         self.conv3 = nnx.Conv(ch, 1, (1, 1), rngs=rngs)
 
     def __call__(self, features: jax.Array) -> jax.Array:
-        x = nnx.leaky_relu(self.norm1(self.conv1(features)), 0.2)
+        x = nnx.leaky_relu(self.norm1(strided_conv(self.conv1, features, forward="plain")), 0.2)
         x = nnx.leaky_relu(self.norm2(self.conv2(x)), 0.2)
         return self.conv3(x)[..., 0].astype(jnp.float32)
