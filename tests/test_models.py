@@ -235,13 +235,14 @@ def test_im2col_dilated_conv_equals_the_module(k, pad, dilation, size):
 # conv1 at 96 px (the padded input is whole blocks) and at 227 px (one row
 # of blocks padded further); a stride that leaves the last input rows unread
 # (cut off); unequal strides, paddings and kernel sides; the discriminator's
-# VALID 3x3 stride 2 on a 5x5 map.
+# VALID 3x3 stride 2 on a 5x5 map; SAME padding.
 @pytest.mark.parametrize("k,stride,pad,size", [
     ((11, 11), (4, 4), ((2, 2), (2, 2)), (96, 96)),
     ((11, 11), (4, 4), ((2, 2), (2, 2)), (227, 227)),
     ((2, 2), (3, 3), ((0, 0), (0, 0)), (13, 13)),
     ((3, 5), (2, 3), ((1, 0), (2, 1)), (9, 14)),
-    ((3, 3), (2, 2), "VALID", (5, 5))])          # the discriminator's conv1
+    ((3, 3), (2, 2), "VALID", (5, 5)),           # the discriminator's conv1
+    ((7, 7), (2, 2), "SAME", (15, 16))])
 def test_space_to_depth_strided_conv_equals_the_module(k, stride, pad, size):
     conv = nnx.Conv(3, 7, k, strides=stride, padding=pad, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, *size, 3))
@@ -249,7 +250,8 @@ def test_space_to_depth_strided_conv_equals_the_module(k, stride, pad, size):
         x, w, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.bias[...]
 
     def rewritten(x, w):
-        explicit = ((0, 0), (0, 0)) if pad == "VALID" else pad
+        explicit = (jax.lax.padtype_to_pads(size, k, stride, pad)
+                    if isinstance(pad, str) else pad)
         return strided_conv_space_to_depth(x, w, stride, explicit) + conv.bias[...]
 
     def module_form(forward):      # the module's fields, its kernel traced

@@ -187,7 +187,9 @@ def strided_conv(conv: nnx.Conv, x: jax.Array, *, forward: str = "space_to_depth
         return conv(x)
     x, kernel, bias = _in_compute_dtype(conv, x)
     strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides,) * 2
-    padding = ((0, 0), (0, 0)) if conv.padding == "VALID" else conv.padding
+    padding = conv.padding
+    if isinstance(padding, str):            # "VALID" / "SAME": the pads they stand for
+        padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding))
     if forward == "plain":
         y = _plain_strided_conv_space_to_depth_input_grad(x, kernel, strides, padding)
     elif forward == "space_to_depth":

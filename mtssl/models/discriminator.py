@@ -3,8 +3,9 @@
 The reference's conv5 discriminator: conv 512 k3 s2 (13 -> 6), norm, LeakyReLU
 0.2, 1x1 conv 512, norm, LeakyReLU 0.2, 1x1 conv 1: a map of real/fake logits,
 one per patch (on CPU conv1's input gradient is computed as
-`cpu_ops.strided_conv` says). The same stack serves any tapped layer (conv1..conv5, fc6): it
-is fully convolutional, so earlier, larger maps just give more patches.
+`cpu_ops.strided_conv` says). The same stack serves any tapped layer
+(conv1..conv5, fc6): it is fully convolutional, so earlier, larger maps just
+give more patches.
 """
 
 from __future__ import annotations
