@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import resource
 import shlex
 import subprocess
@@ -14,51 +13,15 @@ import time
 
 import jax
 import numpy as np
+from _machine import cpu_machine, machine_label  # noqa: F401 (re-exported)
 
 from mtssl.config import load_config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-VECTOR_ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
-              "amx_tile", "amx_bf16")
-
-
-def _isa_flags() -> list[str]:
-    """The vector instruction sets of this CPU among VECTOR_ISA (Linux), so a
-    figure always names the machine kind it was measured on."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.partition(":")[2].split())
-                return [f for f in VECTOR_ISA if f in present]
-    except OSError:
-        pass
-    return []
-
-
-def machine_label(info: dict) -> str:
-    """'<cpu model>, <n> cores, <isa flags>' for a table row or a log line."""
-    return (f"{info['processor']}, {info['cpu_count']} cores, "
-            f"{' '.join(info['isa']) or 'ISA unknown'}")
-
-
 def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "isa": _isa_flags(),
-        "cpu_count": os.cpu_count(),
+    return cpu_machine() | {
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],

@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from _machine import cpu_machine, machine_label
 
 WIDTHS = {  # config -> (encoder width, head channels, discriminator width)
     "configs/pretrain.py": (1.0, 64, 1.0),
@@ -174,7 +175,8 @@ def main():
         print(json.dumps(bench_one(args.one[0], int(args.one[1]), args.batch, args.repeats,
                                    args.channels_last)))
         return
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info = cpu_machine()
+    label = machine_label(info)
     rows = []
     for config in args.configs:
         for res in args.resolutions:
@@ -186,7 +188,7 @@ def main():
             row = json.loads(proc.stdout.strip().splitlines()[-1]) | {"machine": info}
             rows.append(row)
             print(f"{row['framework']:>38s} {config:>30s} {res:4d} px batch {args.batch}: "
-                  f"{row['images_per_s']:7.1f} img/s, peak RSS {row['peak_rss_mb']:.0f} MB",
+                  f"{row['images_per_s']:7.1f} img/s, peak RSS {row['peak_rss_mb']:.0f} MB [{label}]",
                   flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

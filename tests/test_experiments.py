@@ -1,6 +1,8 @@
 """The experiment scripts' tables: numbers in, the right cells out."""
 
+import json
 import os
+import subprocess
 import sys
 import types
 
@@ -9,6 +11,7 @@ import pytest
 from helpers import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import _machine  # noqa: E402
 import scale_curve  # noqa: E402
 from _common import spread_cell  # noqa: E402
 
@@ -58,3 +61,20 @@ def test_finetune_sweep_chooses_each_encoders_lr_on_val_and_reports_its_test():
     assert finetune_sweep.parse_encoders("random,a=x{seed}") == {"random": "", "a": "x{seed}"}
     with pytest.raises(ValueError, match="name=checkpoint"):
         finetune_sweep.parse_encoders("runlocal")
+
+
+
+def test_bench_torch_names_the_machine_without_jax():
+    # bench_torch.py runs in a throwaway environment with torch and numpy only:
+    # it must import, and describe the CPU, with JAX and mtssl unimportable.
+    code = ("import sys, json; sys.modules['jax'] = None; sys.modules['mtssl'] = None; "
+            f"sys.path.insert(0, {os.path.join(ROOT, 'experiments')!r}); "
+            "import bench_torch, _machine; info = _machine.cpu_machine(); "
+            "print(json.dumps([info, _machine.machine_label(info)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    info, label = json.loads(out)
+    assert info["cpu_count"] == os.cpu_count() and info["processor"]
+    assert set(info["isa"]) <= set(_machine.VECTOR_ISA)
+    assert label == f"{info['processor']}, {os.cpu_count()} cores, " + (
+        " ".join(info["isa"]) or "ISA unknown")
