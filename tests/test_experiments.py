@@ -63,7 +63,6 @@ def test_finetune_sweep_chooses_each_encoders_lr_on_val_and_reports_its_test():
         finetune_sweep.parse_encoders("runlocal")
 
 
-
 def test_bench_torch_names_the_machine_without_jax():
     # bench_torch.py runs in a throwaway environment with torch and numpy only:
     # it must import, and describe the CPU, with JAX and mtssl unimportable.
