@@ -4,6 +4,7 @@
     python experiments/bench_renderer.py --resolutions 128 --batches 8 32
     python experiments/bench_renderer.py --out experiments/results/renderer.json
     python experiments/bench_renderer.py --resolutions 104 --batches 16 --cache /tmp/cache
+    python experiments/bench_renderer.py --resolutions 104 256 --batches 16 --variants --tiles 32 48
 
 Prints one line per (resolution, batch) and writes a JSON list of rows with
 `config`, `resolution`, `batch`, `images_per_s`, `compile_s`, `peak_rss_mb`
@@ -11,7 +12,11 @@ and the machine. Timing: one warm-up call (compilation), then `--repeats`
 calls on fresh record indices; images/s uses the median call. With --cache,
 each setting is timed twice more through a render cache in that (empty)
 folder: first on fresh indices (render + store: "cache miss"), then on the
-same indices again (read back: "cache hit").
+same indices again (read back: "cache hit"). --variants times each stage
+away in turn (antialiasing, shadows, sensor effects, all three: what is left
+is ray casting and shading) and adds a row for sampling the scenes alone;
+--tiles times the same renders with other ray tiles (`RenderConfig.tile`,
+which changes no bit of the output).
 """
 
 from __future__ import annotations
@@ -57,22 +62,53 @@ def bench(resolution: int, batch: int, repeats: int, cache_pass: str = "",
     }
 
 
+def bench_scene_sampling(batch: int, repeats: int) -> dict:
+    """Scene sampling alone, as the renderer does it (one scene after another
+    in one call, one thread)."""
+    import jax
+
+    from mtssl.data import scenes, synthetic
+
+    config = scenes.SceneConfig()
+
+    @jax.jit
+    def sample(indices):
+        return jax.lax.map(lambda i: scenes.sample_scene(
+            synthetic.record_keys(np.uint32(0), i)[0], config), indices)
+
+    start = time.perf_counter()
+    jax.block_until_ready(sample(np.arange(batch, dtype=np.uint32)))
+    compile_s = time.perf_counter() - start
+    times = []
+    for r in range(repeats):
+        indices = np.arange(batch, dtype=np.uint32) + (r + 1) * batch
+        start = time.perf_counter()
+        jax.block_until_ready(sample(indices))
+        times.append(time.perf_counter() - start)
+    return {"config": "scene sampling only (one thread)", "resolution": 0,
+            "batch": batch, "images_per_s": batch / statistics.median(times),
+            "best_images_per_s": batch / min(times), "compile_s": compile_s,
+            "peak_rss_mb": peak_rss_mb()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 227])
     parser.add_argument("--batches", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", action="store_true",
-                        help="also time with antialiasing and/or shadows off")
+                        help="also time with each stage off, and scene sampling alone")
+    parser.add_argument("--tiles", type=int, nargs="*", default=[],
+                        help="also time the default renders with these ray tiles")
     parser.add_argument("--cache", default="",
                         help="an empty folder: also time render cache misses and hits")
     parser.add_argument("--out", default="experiments/results/bench_renderer.json")
     args = parser.parse_args()
 
-    variants = [{}]
+    variants = [{}] + [{"tile": tile} for tile in args.tiles]
     if args.variants:
-        variants += [{"aa_samples": 0}, {"shadows": False},
-                     {"aa_samples": 0, "shadows": False}]
+        variants += [{"aa_samples": 0}, {"shadows": False}, {"sensor_effects": False},
+                     {"aa_samples": 0, "shadows": False, "sensor_effects": False}]
     info = machine()
     print(f"machine: {info}")
     rows = []
@@ -90,6 +126,12 @@ def main():
                       f"{row['best_images_per_s']:.1f}), compile "
                       f"{row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB "
                       f"[{machine_label(info)}]", flush=True)
+    if args.variants:
+        for b in args.batches:
+            row = bench_scene_sampling(b, args.repeats) | {"machine": info}
+            rows.append(row)
+            print(f"{row['config']:>28s}        batch {b:3d}: {row['images_per_s']:8.1f} "
+                  f"scenes/s [{machine_label(info)}]", flush=True)
     write_rows(rows, args.out)
 
 

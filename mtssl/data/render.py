@@ -33,10 +33,6 @@ import numpy as np
 from mtssl.data import scenes as sc
 
 _EPS = 1e-4
-# Rays per loop iteration of `_cast` (times the batch when vmapped), and the
-# side of the square image tiles rays are grouped by (_TILE**2 == _CHUNK).
-_CHUNK = 1024
-_TILE = 32
 _FAR = 1e9
 
 
@@ -53,6 +49,15 @@ class RenderConfig:
     # images are rendered one at a time (CPU); with a vmapped batch (GPU, TPU)
     # leave it off. None: on for the CPU backend, off otherwise.
     cull: bool | None = None
+    # The side of the square image tiles rays are grouped by: a loop
+    # iteration of `_cast` traces up to tile**2 rays (times the batch when
+    # vmapped). It changes no bit of the output, only the speed. None: 48 on
+    # the culling path, where it renders 11-14% faster than 32 at 104 and
+    # 256 px (power-of-two ray counts per iteration, 1,024 or 4,096, run
+    # slower there, and counts that are no multiple of 16 much slower:
+    # docs/performance.md, "Renderer speed"); 32 on the vmapped path, the
+    # tile its GPU figures were measured with.
+    tile: int | None = None
 
     def __post_init__(self):
         if self.resolution < 8:
@@ -63,6 +68,10 @@ class RenderConfig:
             raise ValueError(f"aa_fraction must be in [0, 1], got {self.aa_fraction}")
         if self.cull is None:
             object.__setattr__(self, "cull", jax.default_backend() == "cpu")
+        if self.tile is None:
+            object.__setattr__(self, "tile", 48 if self.cull else 32)
+        if self.tile < 1:
+            raise ValueError(f"tile must be >= 1, got {self.tile}")
 
 
 def intrinsics(scene: sc.Scene, resolution: int) -> jax.Array:
@@ -586,7 +595,7 @@ def _cast(scene: sc.Scene, xs, ys, cfg: RenderConfig, visible=None, count=None):
     rays run; results for the rest are zeros.
     """
     n = xs.shape[0]
-    chunk = min(_CHUNK, -(-n // 2))
+    chunk = min(cfg.tile ** 2, -(-n // 2))
     chunks = -(-n // chunk)
     pad = chunks * chunk - n
     xs = jnp.pad(xs, (0, pad), constant_values=0.5).reshape(chunks, chunk)
@@ -630,7 +639,7 @@ def _tile_order(res: int, tile: int) -> np.ndarray:
 def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.Array]:
     """One image and its ground truth. `key` drives sensor noise only."""
     res = cfg.resolution
-    order = _tile_order(res, _TILE)          # static: rays go tile by tile
+    order = _tile_order(res, cfg.tile)       # static: rays go tile by tile
     raster = np.argsort(order).astype(np.int32)
     xs = jnp.asarray(order % res, jnp.float32) + 0.5
     ys = jnp.asarray(order // res, jnp.float32) + 0.5
@@ -654,12 +663,15 @@ def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.
         n = res * res
         # The highest-scoring pixels within the budget; those that need it
         # (score > 0) go first, in tile order so chunks of AA rays stay
-        # compact, and only their chunks are traced.
-        score = score.ravel()[order]
+        # compact, and only their chunks are traced. Ties at the budget are
+        # broken in the order of 32-pixel tiles whatever `cfg.tile` is, so the
+        # image never depends on how rays are chunked.
+        aa_order = _tile_order(res, 32)
+        score = score.ravel()[aa_order]
         _, pos = jax.lax.top_k(score, budget)
         pos = jnp.sort(jnp.where(score[pos] > 0, pos, pos + n)) % n
         needed = score[pos] > 0
-        idx = jnp.asarray(order)[pos]
+        idx = jnp.asarray(aa_order)[pos]
         offsets = _aa_offsets(cfg.aa_samples)
         sx = ((idx % res + 0.5)[:, None] + offsets[None, :, 0]).ravel()
         sy = ((idx // res + 0.5)[:, None] + offsets[None, :, 1]).ravel()

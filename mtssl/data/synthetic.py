@@ -90,7 +90,8 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
       seed: dataset seed; (seed, index) fixes a record.
       num_records: `len(source)`; indices wrap around modulo it.
       scene: a `SceneConfig`, or None for the default distribution.
-      aa_samples, aa_fraction, shadows, sensor_effects, cull: see `RenderConfig`.
+      aa_samples, aa_fraction, shadows, sensor_effects, cull, tile: see
+        `RenderConfig`.
       threads: concurrent render calls when culling (default: one per core).
       cache_dir: a render cache folder (`mtssl.data.render_cache`): records
         found there are read back instead of rendered, new ones are stored;
@@ -102,7 +103,8 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
                  scene: sc.SceneConfig | None = None, aa_samples: int = 4,
                  aa_fraction: float = 0.25, shadows: bool = True,
                  sensor_effects: bool = True, cull: bool | None = None,
-                 threads: int | None = None, cache_dir: str | None = None):
+                 tile: int | None = None, threads: int | None = None,
+                 cache_dir: str | None = None):
         if num_records < 1:
             raise ValueError(f"num_records must be >= 1, got {num_records}")
         if not 0 <= seed < 2**32:
@@ -113,7 +115,7 @@ class SyntheticScenes(grain.sources.RandomAccessDataSource):
         self.render_config = rd.RenderConfig(
             resolution=resolution, aa_samples=aa_samples,
             aa_fraction=aa_fraction, shadows=shadows,
-            sensor_effects=sensor_effects, cull=cull)
+            sensor_effects=sensor_effects, cull=cull, tile=tile)
         self.threads = int(threads or os.cpu_count() or 1)
         self.cache_dir = cache_dir or None
         self._cache = (render_cache.RenderCache(cache_dir, self._description())
