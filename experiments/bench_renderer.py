@@ -4,19 +4,21 @@
     python experiments/bench_renderer.py --resolutions 128 --batches 8 32
     python experiments/bench_renderer.py --out experiments/results/renderer.json
     python experiments/bench_renderer.py --resolutions 104 --batches 16 --cache /tmp/cache
-    python experiments/bench_renderer.py --resolutions 104 256 --batches 16 --variants --tiles 32 48
+    python experiments/bench_renderer.py --resolutions 104 256 --batches 16 --variants --tiles 24 32 40 64
 
 Prints one line per (resolution, batch) and writes a JSON list of rows with
 `config`, `resolution`, `batch`, `images_per_s`, `compile_s`, `peak_rss_mb`
-and the machine. Timing: one warm-up call (compilation), then `--repeats`
-calls on fresh record indices; images/s uses the median call. With --cache,
-each setting is timed twice more through a render cache in that (empty)
-folder: first on fresh indices (render + store: "cache miss"), then on the
-same indices again (read back: "cache hit"). --variants times each stage
-away in turn (antialiasing, shadows, sensor effects, all three: what is left
-is ray casting and shading) and adds a row for sampling the scenes alone;
---tiles times the same renders with other ray tiles (`RenderConfig.tile`,
-which changes no bit of the output).
+and the machine. Timing: one warm-up call per setting (compilation), then
+`--repeats` rounds on fresh record indices, each round rendering the same
+records with every setting in turn (side by side, so the machine's drifts fall
+on all alike); images/s uses the median call. With --cache, the default is
+timed twice more through a render cache in that (empty) folder: first on fresh
+indices (render + store: "cache miss"), then on the same indices again (read
+back: "cache hit"). --variants times each stage away in turn (antialiasing,
+shadows, sensor effects, all three: what is left is ray casting and shading)
+and adds a row for sampling the scenes alone; --tiles times the same renders
+with other ray tiles (`RenderConfig.tile`, which changes no bit of the
+output).
 """
 
 from __future__ import annotations
@@ -41,25 +43,53 @@ def _timed_calls(source, batch: int, repeats: int) -> list[float]:
     return times
 
 
-def bench(resolution: int, batch: int, repeats: int, cache_pass: str = "",
-          **source_kwargs) -> dict:
+def _row(label: str, resolution: int, batch: int, times: list[float],
+         compile_s: float) -> dict:
+    return {"config": label, "resolution": resolution, "batch": batch,
+            "images_per_s": batch / statistics.median(times),
+            "best_images_per_s": batch / min(times),
+            "compile_s": compile_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def _label(source_kwargs: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(source_kwargs.items())
+                    if k != "cache_dir") or "default"
+
+
+def _compiled(resolution: int, batch: int, **source_kwargs):
+    """(source, seconds of its first call: compilation)."""
     source = SyntheticScenes(resolution=resolution, seed=0, **source_kwargs)
     start = time.perf_counter()
     source.render_batch(np.arange(batch))
-    compile_s = time.perf_counter() - start
+    return source, time.perf_counter() - start
+
+
+def bench_side_by_side(resolution: int, batch: int, repeats: int,
+                       variants: list[dict]) -> list[dict]:
+    """One row per variant, timed in rounds: each round renders the same
+    records with every variant in turn, so drifts in the machine's speed
+    (+-15% on a shared 2-core machine) fall on all of them alike."""
+    compiled = [_compiled(resolution, batch, **kw) for kw in variants]
+    times = [[] for _ in variants]
+    for r in range(repeats):
+        idx = np.arange(batch) + (r + 1) * batch
+        for (source, _), spent in zip(compiled, times):
+            start = time.perf_counter()
+            source.render_batch(idx)      # returns numpy: includes device->host
+            spent.append(time.perf_counter() - start)
+    return [_row(_label(kw), resolution, batch, spent, compile_s)
+            for kw, (_, compile_s), spent in zip(variants, compiled, times)]
+
+
+def bench_cache(resolution: int, batch: int, repeats: int, cache_pass: str,
+                cache_dir: str) -> dict:
+    """A render cache in an empty folder: "miss" times fresh records
+    (render + store), "hit" the same records again (read back)."""
+    source, compile_s = _compiled(resolution, batch, cache_dir=cache_dir)
     times = _timed_calls(source, batch, repeats)
     if cache_pass == "hit":           # the same indices again, now stored
         times = _timed_calls(source, batch, repeats)
-    median = statistics.median(times)
-    config = ",".join(f"{k}={v}" for k, v in sorted(source_kwargs.items())
-                      if k != "cache_dir") or "default"
-    return {
-        "config": config + (f" (cache {cache_pass})" if cache_pass else ""),
-        "resolution": resolution, "batch": batch,
-        "images_per_s": batch / median,
-        "best_images_per_s": batch / min(times),
-        "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(),
-    }
+    return _row(f"default (cache {cache_pass})", resolution, batch, times, compile_s)
 
 
 def bench_scene_sampling(batch: int, repeats: int) -> dict:
@@ -114,12 +144,12 @@ def main():
     rows = []
     for res in args.resolutions:
         for b in args.batches:
-            runs = [(kw, "") for kw in variants]
+            new = bench_side_by_side(res, b, args.repeats, variants)
             if args.cache:
-                runs += [({"cache_dir": f"{args.cache}/{res}_{b}_{p}"}, p)
-                         for p in ("miss", "hit")]
-            for kw, cache_pass in runs:
-                row = bench(res, b, args.repeats, cache_pass, **kw) | {"machine": info}
+                new += [bench_cache(res, b, args.repeats, p, f"{args.cache}/{res}_{b}_{p}")
+                        for p in ("miss", "hit")]
+            for row in new:
+                row["machine"] = info
                 rows.append(row)
                 print(f"{row['config']:>28s} {res:4d} px  batch {b:3d}: "
                       f"{row['images_per_s']:8.1f} img/s (best "
