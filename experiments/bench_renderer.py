@@ -27,10 +27,11 @@ import argparse
 import statistics
 import time
 
+import jax
 import numpy as np
 from _common import machine, machine_label, peak_rss_mb, write_rows
 
-from mtssl.data import SyntheticScenes
+from mtssl.data import SyntheticScenes, scenes, synthetic
 
 
 def _timed_calls(source, batch: int, repeats: int) -> list[float]:
@@ -95,10 +96,6 @@ def bench_cache(resolution: int, batch: int, repeats: int, cache_pass: str,
 def bench_scene_sampling(batch: int, repeats: int) -> dict:
     """Scene sampling alone, as the renderer does it (one scene after another
     in one call, one thread)."""
-    import jax
-
-    from mtssl.data import scenes, synthetic
-
     config = scenes.SceneConfig()
 
     @jax.jit
