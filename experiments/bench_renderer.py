@@ -34,13 +34,25 @@ from _common import machine, machine_label, peak_rss_mb, write_rows
 from mtssl.data import SyntheticScenes, scenes, synthetic
 
 
-def _timed_calls(source, batch: int, repeats: int) -> list[float]:
-    times = []
+def _first_call_s(call, batch: int) -> float:
+    """Seconds of `call`'s first call (compilation) on records 0..batch-1."""
+    start = time.perf_counter()
+    call(np.arange(batch, dtype=np.uint32))
+    return time.perf_counter() - start
+
+
+def _rounds(calls: list, batch: int, repeats: int) -> list[list[float]]:
+    """Seconds per call of each of `calls` (functions of record indices), in
+    `repeats` rounds over fresh records, each round calling every one of them
+    on the same records in turn: side by side, so drifts in the machine's
+    speed (+-15% on a shared 2-core machine) fall on all of them alike."""
+    times = [[] for _ in calls]
     for r in range(repeats):
-        idx = np.arange(batch) + (r + 1) * batch
-        start = time.perf_counter()
-        source.render_batch(idx)      # returns numpy: includes device->host
-        times.append(time.perf_counter() - start)
+        idx = np.arange(batch, dtype=np.uint32) + (r + 1) * batch
+        for call, spent in zip(calls, times):
+            start = time.perf_counter()
+            call(idx)
+            spent.append(time.perf_counter() - start)
     return times
 
 
@@ -57,39 +69,27 @@ def _label(source_kwargs: dict) -> str:
                     if k != "cache_dir") or "default"
 
 
-def _compiled(resolution: int, batch: int, **source_kwargs):
-    """(source, seconds of its first call: compilation)."""
-    source = SyntheticScenes(resolution=resolution, seed=0, **source_kwargs)
-    start = time.perf_counter()
-    source.render_batch(np.arange(batch))
-    return source, time.perf_counter() - start
-
-
 def bench_side_by_side(resolution: int, batch: int, repeats: int,
                        variants: list[dict]) -> list[dict]:
-    """One row per variant, timed in rounds: each round renders the same
-    records with every variant in turn, so drifts in the machine's speed
-    (+-15% on a shared 2-core machine) fall on all of them alike."""
-    compiled = [_compiled(resolution, batch, **kw) for kw in variants]
-    times = [[] for _ in variants]
-    for r in range(repeats):
-        idx = np.arange(batch) + (r + 1) * batch
-        for (source, _), spent in zip(compiled, times):
-            start = time.perf_counter()
-            source.render_batch(idx)      # returns numpy: includes device->host
-            spent.append(time.perf_counter() - start)
-    return [_row(_label(kw), resolution, batch, spent, compile_s)
-            for kw, (_, compile_s), spent in zip(variants, compiled, times)]
+    """One row per variant, all timed in the same rounds (`_rounds`)."""
+    # render_batch returns numpy: the times include device->host copies.
+    calls = [SyntheticScenes(resolution=resolution, seed=0, **kw).render_batch
+             for kw in variants]
+    compile_s = [_first_call_s(call, batch) for call in calls]
+    times = _rounds(calls, batch, repeats)
+    return [_row(_label(kw), resolution, batch, spent, seconds)
+            for kw, seconds, spent in zip(variants, compile_s, times)]
 
 
 def bench_cache(resolution: int, batch: int, repeats: int, cache_pass: str,
                 cache_dir: str) -> dict:
     """A render cache in an empty folder: "miss" times fresh records
     (render + store), "hit" the same records again (read back)."""
-    source, compile_s = _compiled(resolution, batch, cache_dir=cache_dir)
-    times = _timed_calls(source, batch, repeats)
+    call = SyntheticScenes(resolution=resolution, seed=0, cache_dir=cache_dir).render_batch
+    compile_s = _first_call_s(call, batch)
+    times = _rounds([call], batch, repeats)[0]
     if cache_pass == "hit":           # the same indices again, now stored
-        times = _timed_calls(source, batch, repeats)
+        times = _rounds([call], batch, repeats)[0]
     return _row(f"default (cache {cache_pass})", resolution, batch, times, compile_s)
 
 
@@ -103,19 +103,12 @@ def bench_scene_sampling(batch: int, repeats: int) -> dict:
         return jax.lax.map(lambda i: scenes.sample_scene(
             synthetic.record_keys(np.uint32(0), i)[0], config), indices)
 
-    start = time.perf_counter()
-    jax.block_until_ready(sample(np.arange(batch, dtype=np.uint32)))
-    compile_s = time.perf_counter() - start
-    times = []
-    for r in range(repeats):
-        indices = np.arange(batch, dtype=np.uint32) + (r + 1) * batch
-        start = time.perf_counter()
+    def call(indices):
         jax.block_until_ready(sample(indices))
-        times.append(time.perf_counter() - start)
-    return {"config": "scene sampling only (one thread)", "resolution": 0,
-            "batch": batch, "images_per_s": batch / statistics.median(times),
-            "best_images_per_s": batch / min(times), "compile_s": compile_s,
-            "peak_rss_mb": peak_rss_mb()}
+
+    compile_s = _first_call_s(call, batch)
+    times = _rounds([call], batch, repeats)[0]
+    return _row("scene sampling only (one thread)", 0, batch, times, compile_s)
 
 
 def main():
