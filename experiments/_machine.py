@@ -37,9 +37,13 @@ def isa_flags() -> list[str]:
 
 
 def machine_label(info: dict) -> str:
-    """'<cpu model>, <n> cores, <isa flags>' for a table row or a log line."""
-    return (f"{info['processor']}, {info['cpu_count']} cores, "
-            f"{' '.join(info['isa']) or 'ISA unknown'}")
+    """'<cpu model>, <n> cores, <isa flags>[, <n> x <accelerator>]' for a
+    table row or a log line."""
+    label = (f"{info['processor']}, {info['cpu_count']} cores, "
+             f"{' '.join(info['isa']) or 'ISA unknown'}")
+    if info.get("backend", "cpu") != "cpu":
+        label += f", {len(info['devices'])} x {info['device_kind']}"
+    return label
 
 
 def cpu_machine() -> dict:

@@ -45,7 +45,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from _common import load_config, machine, machine_label, peak_rss_mb, write_rows
 
@@ -55,6 +54,10 @@ from mtssl.flops import count_flops
 from mtssl.loop import release_free_host_memory
 from mtssl.mesh import data_mesh, local_to_global
 from mtssl.models.cpu_ops import plain_ops
+
+
+# --pipeline_rendering -> synthetic.on_device of each pipeline row
+RENDERING = {"host": (False,), "device": (True,), "both": (False, True)}
 
 
 def fake_batch(batch: int, size: int) -> dict:
@@ -69,11 +72,15 @@ def fake_batch(batch: int, size: int) -> dict:
         "real": {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32)}})
 
 
-def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
-    """Best float32 matrix-product rate of this device, GFLOP/s."""
+def matmul_peak_gflops(dtype: str = "float32", repeats: int = 5) -> float:
+    """Best matrix-product rate of this device in `dtype`, GFLOP/s: the MFU
+    denominator, so a bfloat16 step is held against the bfloat16 peak. Random
+    operands (accelerators run products of constants faster) and, off the
+    CPU, sizes large enough that a launch's overhead does not count."""
+    sizes = (1024, 2048, 3072) if jax.default_backend() == "cpu" else (4096, 8192)
     best = 0.0
     for n in sizes:
-        a = jnp.ones((n, n), jnp.float32)
+        a = jax.random.normal(jax.random.key(n), (n, n), dtype)
         f = jax.jit(lambda a: a @ a)
         f(a).block_until_ready()
         for _ in range(repeats):
@@ -81,6 +88,14 @@ def matmul_peak_gflops(sizes=(1024, 2048, 3072), repeats: int = 5) -> float:
             f(a).block_until_ready()
             best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def device_peak_memory_mb() -> float | None:
+    """Peak memory of device 0 in MB where its backend reports it (GPU, TPU);
+    on CPU the process's peak RSS is the figure (`peak_rss_mb`)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
 
 
 def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
@@ -109,7 +124,7 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dtype)
     return {"kind": "step", "config": config_spec, "dtype": dtype,
             "resolution": resolution, "batch": batch,
             "images_per_s": batch / median, "steps_per_s": 1 / median,
@@ -117,7 +132,8 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
             "model_flops_per_step": model_flops, "flops_per_step": flops,
             "achieved_gflops": model_flops / median / 1e9,
             "matmul_peak_gflops": peak, "mfu": model_flops / median / 1e9 / peak,
-            "peak_rss_mb": peak_rss_mb(), "repeats": repeats}
+            "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_memory_mb(),
+            "repeats": repeats}
 
 
 def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
@@ -152,13 +168,14 @@ def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
 
 
 def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
-                   rounds: int = 2) -> dict:
+                   dtype: str, rounds: int = 2) -> dict:
     """The training loop's data path + step, as `mtssl.train` runs them, in
     alternating rounds with the same step on one fixed batch (dispatched the
     same way, so the two differ only in where the batches come from)."""
     config = load_config(config_spec)
     config.synthetic.on_device = on_device
     config.batch_size = batch or config.batch_size
+    config.model.dtype = dtype
     synthetic, real = training_sources(config)
     costs = {} if on_device else _host_costs_ms(synthetic, real, config)
     data_iter = train.data_iterator(config, synthetic, real)
@@ -188,7 +205,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
         jax.block_until_ready(metrics)
         loop_s += time.perf_counter() - start
     images = rounds * n_steps * config.batch_size
-    return {"kind": "pipeline", "config": config_spec, "on_device": on_device,
+    return {"kind": "pipeline", "config": config_spec, "on_device": on_device, "dtype": dtype,
             "resolution": config.image_size,
             "batch": config.batch_size, "steps": rounds * n_steps,
             "images_per_s": images / loop_s,
@@ -199,7 +216,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
             "renderer_images_per_s": (config.batch_size / costs["render"] * 1e3
                                       if "render" in costs else None),
             "render_resolution": config.synthetic.render.resolution,
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_memory_mb()}
 
 
 def _subprocess_row(args: list[str]) -> dict:
@@ -222,12 +239,14 @@ def main():
                         help="> 0: also time the data path + step of each config")
     parser.add_argument("--pipeline_batch", type=int, default=16,
                         help="batch of the pipeline rows (0: the config's own)")
-    parser.add_argument("--on_device", action="store_true",
-                        help="pipeline rows also with synthetic.on_device=True")
+    parser.add_argument("--pipeline_rendering", choices=RENDERING, default="host",
+                        help="where the pipeline rows render: host (grain), device "
+                             "(synthetic.on_device=True) or both, one row each")
     parser.add_argument("--out", default="experiments/results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "RESOLUTION"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--one_pipeline", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--on_device", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(bench_one(args.one[0], int(args.one[1]), args.batch,
@@ -235,7 +254,7 @@ def main():
         return
     if args.one_pipeline:
         print(json.dumps(bench_pipeline(args.one_pipeline, args.pipeline_steps,
-                                        args.on_device, args.pipeline_batch)))
+                                        args.on_device, args.pipeline_batch, args.dtype)))
         return
 
     info = machine()
@@ -256,12 +275,12 @@ def main():
                   f"matmul peak {row['matmul_peak_gflops']:.0f}, "
                   f"compile {row['compile_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB "
                   f"[{label}]", flush=True)
-        for on_device in ((False, True) if args.on_device else (False,)):
+        for on_device in RENDERING[args.pipeline_rendering]:
             if args.pipeline_steps <= 0:
                 break
             row = _subprocess_row(["--one_pipeline", config, "--pipeline_steps",
                                    str(args.pipeline_steps), "--pipeline_batch",
-                                   str(args.pipeline_batch)]
+                                   str(args.pipeline_batch), "--dtype", args.dtype]
                                   + (["--on_device"] if on_device else []))
             rows.append(row | {"machine": info})
             print(f"{config:>30s} {row['resolution']:4d} px batch {row['batch']} "
@@ -269,8 +288,9 @@ def main():
                   f"{row['images_per_s']:7.1f} img/s end to end = "
                   f"{row['loop_over_step_alone']:.2f}x the step alone "
                   f"({row['step_alone_images_per_s']:.1f}), input wait "
-                  f"{100 * row['input_wait_share']:.1f}%, host ms per batch "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in row["host_ms_per_batch"].items())
+                  f"{100 * row['input_wait_share']:.1f}%"
+                  + "".join(f", host {k} {v:.1f} ms/batch"
+                            for k, v in row["host_ms_per_batch"].items())
                   + f" [{label}]", flush=True)
     write_rows(rows, args.out)
 

@@ -77,3 +77,11 @@ def test_bench_torch_names_the_machine_without_jax():
     assert set(info["isa"]) <= set(_machine.VECTOR_ISA)
     assert label == f"{info['processor']}, {os.cpu_count()} cores, " + (
         " ".join(info["isa"]) or "ISA unknown")
+
+
+def test_machine_label_names_the_accelerator():
+    # A GPU row must never read as a CPU figure: the label names the device kind.
+    cpu = {"processor": "AMD EPYC", "cpu_count": 16, "isa": ["avx2"]}
+    assert _machine.machine_label(cpu | {"backend": "cpu"}) == "AMD EPYC, 16 cores, avx2"
+    gpu = cpu | {"backend": "gpu", "devices": ["cuda:0"], "device_kind": "NVIDIA H100 80GB HBM3"}
+    assert _machine.machine_label(gpu) == "AMD EPYC, 16 cores, avx2, 1 x NVIDIA H100 80GB HBM3"
