@@ -48,6 +48,8 @@ VARIANTS = {
                  ["--config.model.tasks=contours", "--config.da.enabled=False"]),
     "all3": ("depth+normals+contours, no DA", ["--config.da.enabled=False"]),
     "all3+da": ("all three + DA at conv5 (the paper)", []),
+    "all3+da+adv0.5": ("all three + DA at conv5, adversarial weight 0.5 (D held near chance)",
+                       ["--config.loss.weights.adversarial=0.5"]),
     "all3+da@conv4": ("all three + DA at conv4", ["--config.model.adapt_layer=conv4"]),
     "all3+da@conv3": ("all three + DA at conv3", ["--config.model.adapt_layer=conv3"]),
     "all3+da+gray": ("the paper with its grayscale trick (runlocal has it off)",
