@@ -85,3 +85,21 @@ def test_machine_label_names_the_accelerator():
     assert _machine.machine_label(cpu | {"backend": "cpu"}) == "AMD EPYC, 16 cores, avx2"
     gpu = cpu | {"backend": "gpu", "devices": ["cuda:0"], "device_kind": "NVIDIA H100 80GB HBM3"}
     assert _machine.machine_label(gpu) == "AMD EPYC, 16 cores, avx2, 1 x NVIDIA H100 80GB HBM3"
+
+
+def test_seed_effects_splits_an_additive_table_exactly():
+    import numpy as np
+    import seed_effects
+    recipe, seed = np.array([0.0, 1.0, -0.5]), np.array([2.0, -1.0, 0.5, -1.5])
+    gaps = 0.8 + recipe[:, None] + seed[None, :]
+    split = seed_effects.decompose(gaps)
+    assert split["residual_sd"] < 1e-12
+    np.testing.assert_allclose(split["seed_means"], 0.8 + recipe.mean() + seed)
+    np.testing.assert_allclose(split["seed_sd"], np.std(seed, ddof=1))
+    bumped = gaps.copy()
+    bumped[0, 0] += 1.2        # one run off its recipe + seed prediction by d
+    # One cell off by d in an R x S table leaves residuals whose squares sum to
+    # d^2 (R-1)(S-1) / (RS), so over (R-1)(S-1) degrees of freedom sd = d / sqrt(RS).
+    assert np.isclose(seed_effects.decompose(bumped)["residual_sd"], 1.2 / np.sqrt(12))
+    with pytest.raises(ValueError, match="at least 2 recipes"):
+        seed_effects.decompose(gaps[:1])
