@@ -1,6 +1,10 @@
 """The shared command line of the entry points: --config FILE[:arg] with
 --config.<field>=<value> overrides, --workdir, the multi-process flags and
-absl's --verbosity (default: warnings only; our progress lines are printed).
+absl's --verbosity (default: warnings only; our progress lines are printed),
+and --compile_cache, the persistent XLA compilation cache every command
+shares: a rerun, another seed or an evaluation of a program compiled before
+loads the executable instead of compiling it (the very same program, so the
+same bits), which also spares the compiler's transient memory.
 A run stopped by SIGTERM/SIGINT after saving (`loop.Preempted`) exits with
 status 128 + the signal, as a shell reports it.
 
@@ -13,6 +17,7 @@ detects the cluster itself (TPU pods, SLURM, Open MPI).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -31,6 +36,30 @@ def define_distributed_flags() -> None:
                         "HOST:PORT of process 0 (multi-process runs).")
     flags.DEFINE_integer("num_processes", None, "Processes in the run.")
     flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def default_compile_cache() -> str:
+    """JAX's own JAX_COMPILATION_CACHE_DIR where set, else mtssl/xla in the
+    user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mtssl", "xla")
+
+
+# Least recently used entries go beyond this. Any limit also makes JAX lock the
+# cache's files (with `filelock`), so that concurrent runs never read an entry
+# another is still writing; runlocal's programs take about 1 MB each.
+COMPILE_CACHE_MAX_BYTES = 2 << 30
+
+
+def enable_compile_cache(path: str) -> None:
+    """Persistent XLA compilation cache in `path` ("" = off)."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    if jax.config.jax_compilation_cache_max_size == -1:     # not set by the user
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
 
 
 def initialize_distributed() -> None:
@@ -55,6 +84,10 @@ def run_config_command(run: Callable[..., object], config_help: str,
     under absl, in every process of a multi-process run."""
     config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     flags.DEFINE_string("workdir", None, workdir_help)
+    flags.DEFINE_string("compile_cache", default_compile_cache(),
+                        "Folder of the persistent XLA compilation cache shared by every "
+                        "command ('' = off): programs compiled before are loaded, not "
+                        "compiled again.")
     define_distributed_flags()
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -62,6 +95,7 @@ def run_config_command(run: Callable[..., object], config_help: str,
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         set_default_verbosity()
+        enable_compile_cache(flags.FLAGS.compile_cache)
         initialize_distributed()
         try:
             run(flags.FLAGS.config, flags.FLAGS.workdir)
