@@ -55,7 +55,6 @@ from mtssl.loop import release_free_host_memory
 from mtssl.mesh import data_mesh, local_to_global
 from mtssl.models.cpu_ops import plain_ops
 
-
 # --pipeline_rendering -> synthetic.on_device of each pipeline row
 RENDERING = {"host": (False,), "device": (True,), "both": (False, True)}
 
