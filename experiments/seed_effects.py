@@ -30,13 +30,12 @@ import pathlib
 
 import numpy as np
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-
 
 def best_accuracy(folder: pathlib.Path) -> float:
-    """Best-layer test accuracy (%) of the probe in `folder`."""
+    """Best-layer test accuracy (%) of the probe in `folder` (probe.json holds
+    one entry per probed layer)."""
     result = json.loads((folder / "probe.json").read_text())
-    return 100 * max(result[layer]["accuracy"] for layer in LAYERS if layer in result)
+    return 100 * max(layer["accuracy"] for layer in result.values())
 
 
 def decompose(gaps: np.ndarray) -> dict:

@@ -246,7 +246,6 @@ def test_render_cache_on_the_vmapped_path_renders_whole_batches(tmp_path):
     assert len(list(tmp_path.rglob("*.npz"))) == 3
 
 
-
 def test_ray_tiles_change_no_bit(source, batch):
     """The tile rays are traced by is a speed knob only: the session's renders
     (the CPU default, 48-pixel tiles) and 32-pixel tiles (the former fixed

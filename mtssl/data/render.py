@@ -34,6 +34,9 @@ from mtssl.data import scenes as sc
 
 _EPS = 1e-4
 _FAR = 1e9
+# The antialiasing budget's ties are broken in the order of tiles of this side,
+# whatever `RenderConfig.tile` is, so the image never depends on the ray tiles.
+_AA_TIE_TILE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -663,10 +666,8 @@ def render(scene: sc.Scene, key: jax.Array, cfg: RenderConfig) -> dict[str, jax.
         n = res * res
         # The highest-scoring pixels within the budget; those that need it
         # (score > 0) go first, in tile order so chunks of AA rays stay
-        # compact, and only their chunks are traced. Ties at the budget are
-        # broken in the order of 32-pixel tiles whatever `cfg.tile` is, so the
-        # image never depends on how rays are chunked.
-        aa_order = _tile_order(res, 32)
+        # compact, and only their chunks are traced (ties: `_AA_TIE_TILE`).
+        aa_order = _tile_order(res, _AA_TIE_TILE)
         score = score.ravel()[aa_order]
         _, pos = jax.lax.top_k(score, budget)
         pos = jnp.sort(jnp.where(score[pos] > 0, pos, pos + n)) % n
