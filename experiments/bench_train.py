@@ -102,14 +102,10 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
     config = load_config(config_spec)
     config.model.dtype = dtype
     static, init = steps.create(config, resolution, jax.random.key(0))
-    state = jax.jit(init)(jax.random.key(0))
+    state = steps.initial_state(init, jax.random.key(0))
     train_step = functools.partial(steps.train_step, static=static)
     step = jax.jit(train_step, donate_argnums=0)
     data = fake_batch(batch, resolution)
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    flops = count_flops(train_step, abstract, data)
-    with plain_ops():
-        model_flops = count_flops(train_step, abstract, data)
     start = time.perf_counter()
     step = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
@@ -122,7 +118,14 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
         state, metrics = step(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+    # The step's peak, read as bench_torch.py reads PyTorch's: before the FLOP
+    # count's tracing and the matmul peak's products, which are not training.
+    peak_rss, device_peak = peak_rss_mb(), device_peak_memory_mb()
     median = statistics.median(times)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    flops = count_flops(train_step, abstract, data)
+    with plain_ops():
+        model_flops = count_flops(train_step, abstract, data)
     peak = matmul_peak_gflops(dtype)
     return {"kind": "step", "config": config_spec, "dtype": dtype,
             "resolution": resolution, "batch": batch,
@@ -131,7 +134,7 @@ def bench_one(config_spec: str, resolution: int, batch: int, repeats: int,
             "model_flops_per_step": model_flops, "flops_per_step": flops,
             "achieved_gflops": model_flops / median / 1e9,
             "matmul_peak_gflops": peak, "mfu": model_flops / median / 1e9 / peak,
-            "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_memory_mb(),
+            "peak_rss_mb": peak_rss, "device_peak_mb": device_peak,
             "repeats": repeats}
 
 
@@ -183,7 +186,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
     mesh = data_mesh()
     step, state_sharding, data_sharding = steps.compile_step(
         static, mesh, jax.eval_shape(init, jax.random.key(0)))
-    state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))
+    state = steps.initial_state(init, jax.random.key(0), state_sharding)
     for _ in range(2):                       # compile; fill the prefetch buffer
         fixed = local_to_global(next(data_iter), data_sharding)
         state, metrics = step(state, fixed)

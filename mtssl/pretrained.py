@@ -187,7 +187,7 @@ def random_encoder(config: ml_collections.ConfigDict | None = None,
     BatchNorm running statistics are the initial ones (mean 0, var 1)."""
     config = config or defaults()
     static, init = steps.create(config, config.image_size, jax.random.key(seed))
-    return _encoder_parts(config, static, jax.jit(init)(jax.random.key(seed)), None)
+    return _encoder_parts(config, static, steps.initial_state(init, jax.random.key(seed)), None)
 
 
 def checkpoint_or_random_encoder(checkpoint: str, model: ml_collections.ConfigDict,

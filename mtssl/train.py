@@ -114,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = checkpoints.restore(
         checkpointing.abstract_with_sharding(abstract, state_sharding), data_iter)
     if state is None:
-        state = jax.jit(init, out_shardings=state_sharding)(key)
+        state = steps.initial_state(init, key, state_sharding)
         say(f"Initialised a new run in {workdir}")
     else:
         say(f"Resumed from step {int(state.step)} in {workdir}")

@@ -104,6 +104,26 @@ def test_joint_disc_batch_lets_d_see_a_shift_between_the_domains():
         assert (change > 0.1) if moves else (change < 1e-4), (joint, change)
 
 
+def test_initial_state_is_the_initialisers_and_keeps_no_program():
+    static, init = steps.create(step_config(), RES, jax.random.key(3))
+    traces = []
+
+    def counted(key):
+        traces.append(key)
+        return init(key)
+
+    def flat(state):
+        state = state.replace(rng=jax.random.key_data(state.rng))
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(state))])
+
+    state = steps.initial_state(counted, jax.random.key(3))
+    np.testing.assert_array_equal(flat(state), flat(jax.jit(init)(jax.random.key(3))))
+    # jit reuses a function's trace and program across wrappers; a second
+    # initialisation tracing again shows the first kept neither.
+    steps.initial_state(counted, jax.random.key(3))
+    assert len(traces) == 2
+
+
 def test_each_network_moves_only_under_its_own_loss(batch):
     cfg = step_config()
     for k in ("depth", "normals", "contours", "adversarial"):

@@ -227,7 +227,7 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
     workdir = epath.Path(workdir)
     config, static, state, step = load_run(workdir, step)
     _, init = steps.create(config, config.image_size, jax.random.key(config.seed))
-    initial = jax.jit(init)(jax.random.key(config.seed))
+    initial = steps.initial_state(init, jax.random.key(config.seed))
 
     held_out = held_out_source(config)
     batch = synthetic_batch(held_out, np.arange(num_images), config.image_size)

@@ -94,7 +94,7 @@ def conv_transpose_2x(x: jax.Array, kernel: jax.Array) -> jax.Array:
 # step's temporary memory (sizes chosen by measurement: docs/performance.md).
 # Autodiff of the chunk loop keeps only its inputs, as the unchunked product
 # does.
-_COLS_CHUNK_BYTES = 160 * 2 ** 20
+_COLS_CHUNK_BYTES = 80 * 2 ** 20
 
 
 def _batch_chunks(n: int, bytes_per_example: int) -> int:
