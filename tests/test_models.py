@@ -163,7 +163,13 @@ def test_transposed_conv_in_batch_chunks_equals_one_product(monkeypatch):
     y0, g0 = _value_and_grads(conv_transpose_2x, x, w)
     # 3 examples' per-tap arrays per chunk: two chunks of the batch.
     monkeypatch.setattr(cpu_ops, "_COLS_CHUNK_BYTES", 3 * 5 * 4 * 25 * 4 * 4)
-    assert cpu_ops._batch_chunks(6, 5 * 4 * 25 * 4 * 4) == 2
+    assert cpu_ops._batch_chunks(6, 5 * 4 * 25 * 4 * 4, devices=1) == 2
+    # Over devices, a chunk keeps a multiple of the device count (so it stays
+    # sharded), the limit counting one device's share.
+    assert cpu_ops._batch_chunks(16, 3 * 5 * 4 * 25 * 4 * 4, devices=4) == 4
+    assert cpu_ops._batch_chunks(16, 5 * 4 * 25 * 4 * 4, devices=4) == 2
+    assert cpu_ops._batch_chunks(16, 5 * 4 * 25 * 4 * 4, devices=2) == 4
+    assert cpu_ops._batch_chunks(6, 1, devices=4) == 1
     jaxpr = str(jax.make_jaxpr(conv_transpose_2x)(x, w))
     assert "scan" in jaxpr or "while" in jaxpr
     y1, g1 = _value_and_grads(conv_transpose_2x, x, w)
