@@ -155,7 +155,9 @@ def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
     costs = {}
     if hasattr(synthetic, "render_batch"):
         first = synthetic.render_batch(np.arange(b))               # compiles
-        costs["render"] = median_ms(lambda r: synthetic.render_batch(np.arange(b) + (r + 1) * b))
+        fresh = b // config.synthetic.reuse                        # records a batch renders
+        costs["render"] = median_ms(
+            lambda r: synthetic.render_batch(np.arange(fresh) + (r + 1) * b))
     else:
         first = pipeline._GatherBatch(synthetic).map(np.arange(b))
     syn = pipeline.CropSynthetic(config.image_size).random_map(first, np.random.default_rng(0))
@@ -170,7 +172,7 @@ def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
 
 
 def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
-                   dtype: str, rounds: int = 2) -> dict:
+                   dtype: str, reuse: int = 0, rounds: int = 2) -> dict:
     """The training loop's data path + step, as `mtssl.train` runs them, in
     alternating rounds with the same step on one fixed batch (dispatched the
     same way, so the two differ only in where the batches come from)."""
@@ -178,6 +180,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
     config.synthetic.on_device = on_device
     config.batch_size = batch or config.batch_size
     config.model.dtype = dtype
+    config.synthetic.reuse = reuse or config.synthetic.reuse
     synthetic, real = training_sources(config)
     costs = {} if on_device else _host_costs_ms(synthetic, real, config)
     data_iter = train.data_iterator(config, synthetic, real)
@@ -187,7 +190,10 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
     step, state_sharding, data_sharding = steps.compile_step(
         static, mesh, jax.eval_shape(init, jax.random.key(0)))
     state = steps.initial_state(init, jax.random.key(0), state_sharding)
-    for _ in range(2):                       # compile; fill the prefetch buffer
+    # Compile; fill the prefetch buffer; pass the first batches, which render
+    # every record when records are reused.
+    from mtssl.data.pipeline import REUSE_DELAY
+    for _ in range(2 + (config.synthetic.reuse - 1) * REUSE_DELAY):
         fixed = local_to_global(next(data_iter), data_sharding)
         state, metrics = step(state, fixed)
     jax.block_until_ready(metrics)
@@ -209,7 +215,8 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
     images = rounds * n_steps * config.batch_size
     return {"kind": "pipeline", "config": config_spec, "on_device": on_device, "dtype": dtype,
             "resolution": config.image_size,
-            "batch": config.batch_size, "steps": rounds * n_steps,
+            "batch": config.batch_size, "reuse": config.synthetic.reuse,
+            "steps": rounds * n_steps,
             "images_per_s": images / loop_s,
             "step_alone_images_per_s": images / alone_s,
             "loop_over_step_alone": alone_s / loop_s,
@@ -244,6 +251,8 @@ def main():
     parser.add_argument("--pipeline_rendering", choices=RENDERING, default="host",
                         help="where the pipeline rows render: host (grain), device "
                              "(synthetic.on_device=True) or both, one row each")
+    parser.add_argument("--pipeline_reuse", type=int, default=0,
+                        help="synthetic.reuse of the pipeline rows (0: the config's own)")
     parser.add_argument("--out", default="experiments/results/bench_train.json")
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "RESOLUTION"),
                         help=argparse.SUPPRESS)
@@ -256,7 +265,8 @@ def main():
         return
     if args.one_pipeline:
         print(json.dumps(bench_pipeline(args.one_pipeline, args.pipeline_steps,
-                                        args.on_device, args.pipeline_batch, args.dtype)))
+                                        args.on_device, args.pipeline_batch, args.dtype,
+                                        args.pipeline_reuse)))
         return
 
     info = machine()
@@ -282,11 +292,12 @@ def main():
                 break
             row = _subprocess_row(["--one_pipeline", config, "--pipeline_steps",
                                    str(args.pipeline_steps), "--pipeline_batch",
-                                   str(args.pipeline_batch), "--dtype", args.dtype]
+                                   str(args.pipeline_batch), "--dtype", args.dtype,
+                                   "--pipeline_reuse", str(args.pipeline_reuse)]
                                   + (["--on_device"] if on_device else []))
             rows.append(row | {"machine": info})
             print(f"{config:>30s} {row['resolution']:4d} px batch {row['batch']} "
-                  f"pipeline{' (on device)' if on_device else ''}: "
+                  f"pipeline{' (on device)' if on_device else ''}, reuse {row['reuse']}: "
                   f"{row['images_per_s']:7.1f} img/s end to end = "
                   f"{row['loop_over_step_alone']:.2f}x the step alone "
                   f"({row['step_alone_images_per_s']:.1f}), input wait "

@@ -76,6 +76,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.synthetic.normal_axes = "opencv"  # opencv (y down, z forward) | opengl (y up, z back)
     c.synthetic.on_device = False   # render inside the train step (scene engine only;
                                     # same images as the host pipeline for the same seeds)
+    # Batches each synthetic record is trained in, with a new crop each time
+    # (mtssl/data/pipeline.py): the host renders batch_size / reuse records a
+    # step. The paper's 30 epochs show every render 30 times; 1 = every
+    # sample a new record.
+    c.synthetic.reuse = 1
     c.synthetic.render = ml_collections.ConfigDict()
     c.synthetic.render.resolution = 256  # renders, randomly cropped to image_size
     c.synthetic.render.seed = 0
@@ -257,6 +262,9 @@ def validate(config: ml_collections.ConfigDict,
         raise ValueError(f"image_size={config.image_size} is larger than the renders "
                          f"(synthetic.render.resolution="
                          f"{config.synthetic.render.resolution})")
+    if config.synthetic.reuse < 1 or config.batch_size % config.synthetic.reuse:
+        raise ValueError(f"synthetic.reuse={config.synthetic.reuse} must be >= 1 and divide "
+                         f"batch_size={config.batch_size}")
     if config.synthetic.on_device and config.synthetic.source != "render":
         raise ValueError("synthetic.on_device=True renders with the scene engine; it needs "
                          f"synthetic.source='render', not {config.synthetic.source!r}")

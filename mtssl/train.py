@@ -75,7 +75,7 @@ def data_iterator(config: ml_collections.ConfigDict, synthetic, real):
     dataset = make_train_dataset(
         synthetic, real, batch_size=config.batch_size // jax.process_count(),
         image_size=config.image_size, seed=config.seed, grayscale=config.data.grayscale,
-        on_device=config.synthetic.on_device)
+        on_device=config.synthetic.on_device, reuse=config.synthetic.reuse)
     return iter(dataset.to_iter_dataset(grain.ReadOptions(
         num_threads=config.data.threads, prefetch_buffer_size=config.data.prefetch)))
 

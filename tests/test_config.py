@@ -82,6 +82,10 @@ def test_impossible_combinations():
     c.data.threads = 0
     with pytest.raises(ValueError, match="data.threads=0 must be >= 1"):
         validate(c)
+    c = defaults()
+    c.synthetic.reuse = 3                     # 224 records a step in thirds
+    with pytest.raises(ValueError, match="synthetic.reuse=3 must be >= 1 and divide"):
+        validate(c)
 
 
 def test_tasks_given_with_commas_on_the_command_line():

@@ -1,5 +1,7 @@
 """The zipped training pipeline: normalisation, shared crops, determinism."""
 
+import collections
+
 import grain
 import numpy as np
 import pytest
@@ -13,6 +15,13 @@ def test_normalize_by_hand():
                                [1 - 0.485, 0 - 0.456, 0.2 - 0.406], atol=1e-6)
     gray = pipeline.normalize_images(img, channel=2)[0, 0]
     np.testing.assert_allclose(gray, [0.2 - 0.485, 0.2 - 0.456, 0.2 - 0.406], atol=1e-6)
+
+
+def test_normalize_gives_the_device_tables_bits_at_every_level():
+    levels = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3))
+    out = pipeline.normalize_images(levels)
+    np.testing.assert_array_equal(out.T.view(np.uint32),
+                                  pipeline.NORMALIZED_LEVELS.view(np.uint32))
 
 
 def test_synthetic_crop_is_shared_by_all_maps():
@@ -90,3 +99,23 @@ def test_on_device_rendering_gives_the_host_pipelines_batches(source):
         assert set(device[i]["synthetic"]) == {"index", "crop", "channel"}
         for key in ("image", "depth", "normals", "contours"):
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_reused_records_come_back_with_their_renders_bits(source):
+    """reuse=2: batch i = the fresh chunk i + REUSE_DELAY, then chunk i (seen
+    REUSE_DELAY batches earlier); records kept in memory equal fresh renders,
+    in any order of access (a resume starts with nothing kept)."""
+    d = pipeline.REUSE_DELAY
+    chunks = pipeline._shuffled_indices(len(source), 7).batch(3, drop_remainder=True)
+    reused = pipeline._batches(source, 6, seed=7, reuse=2)
+    for i in (d, 0, d + 1):                         # batch d shares chunk d with batch 0
+        expected = source.render_batch(np.concatenate([chunks[i + d], chunks[i]]))
+        got = reused[i]
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    uses = collections.Counter(int(j) for i in range(3 * d) for j in
+                               pipeline._batches(source, 6, 7, on_device=True, reuse=2)[i]["index"])
+    firsts = {int(j) for i in range(d, 2 * d) for j in chunks[i]}
+    assert all(uses[j] == 2 for j in firsts)        # chunks d..2d-1: batches i - d and i
+    with pytest.raises(ValueError, match="multiple of reuse=4"):
+        pipeline._batches(source, 6, seed=7, reuse=4)

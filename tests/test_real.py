@@ -32,6 +32,7 @@ def test_real_domain_never_reads_the_photos_probe_test_part(monkeypatch):
 
     monkeypatch.setattr(real, "package_photo", fake_photo)
     real.photo_part.cache_clear()
+    real._photo_part_image.cache_clear()
     try:
         train, test = real.photo_part("coffee", "train"), real.photo_part("coffee", "test")
         np.testing.assert_array_equal(np.concatenate([train, test], 1), fake_photo(""))
@@ -41,6 +42,7 @@ def test_real_domain_never_reads_the_photos_probe_test_part(monkeypatch):
         assert min(probe_test[i]["image"].min() for i in range(24)) == 255
     finally:
         real.photo_part.cache_clear()
+        real._photo_part_image.cache_clear()
 
 
 def test_crop_modes_by_hand():

@@ -12,11 +12,21 @@ the batch copied to all three, the same channel for both domains, to take
 away colour cues that differ between renders and photos). Synthetic samples
 get one random crop shared by all their maps, no flips (the reference: 256
 renders, 227 crops). Each process reads its own slice of both sources.
+
+With `reuse` R > 1 each synthetic record is trained on R times, as the paper's
+30 epochs over a fixed set of renders do, without a cache of the whole set:
+batch i holds B/R records drawn fresh for it and the B/R records of each of
+the batches i - REUSE_DELAY, i - 2 * REUSE_DELAY, ..., each with a new crop.
+The host renders B/R records a batch instead of B; the renders of the last
+few batches are kept in memory, and a record not found there (after a
+resume) is rendered again, to the same bits.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
 
 import grain
 import jax
@@ -30,9 +40,9 @@ from mtssl.data.synthetic import RenderBatch, SyntheticScenes, render_indices
 SYNTHETIC_MAPS = ("image", "depth", "normals", "contours", "semantics")
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-# Normalised value of each uint8 level per channel, float32 (x / 255 - mean),
-# read by table lookup on the host and on device alike, so both give the
-# same bits (XLA may fuse the arithmetic into other roundings).
+# Normalised value of each uint8 level per channel, float32 (x / 255 - mean).
+# The device reads it by table lookup (XLA may fuse the arithmetic into other
+# roundings); numpy's float32 arithmetic gives these bits exactly (tested).
 NORMALIZED_LEVELS = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
                      - IMAGENET_MEAN[:, None]).astype(np.float32)      # (3, 256)
 
@@ -45,7 +55,9 @@ def normalize_images(images: np.ndarray, channel: int | None = None) -> np.ndarr
         raise TypeError(f"normalize_images takes uint8 images, got {images.dtype}")
     if channel is not None:
         images = np.repeat(images[..., channel:channel + 1], 3, axis=-1)
-    return NORMALIZED_LEVELS[np.arange(3), images]
+    # In place, as float32: the table's bits, 5x faster than a numpy gather.
+    out = np.divide(images, np.float32(255.0), dtype=np.float32)
+    return np.subtract(out, IMAGENET_MEAN, out=out)
 
 
 def target_maps(sample: dict) -> dict:
@@ -119,13 +131,76 @@ def _shuffled_indices(n: int, seed: int) -> grain.MapDataset:
     return ds.shuffle(seed=seed).repeat()
 
 
-def _batches(source, batch_size: int, seed: int, on_device: bool = False) -> grain.MapDataset:
-    indices = _shuffled_indices(len(source), seed).batch(batch_size, drop_remainder=True)
-    if isinstance(source, SyntheticScenes):
-        if on_device:
-            return indices.map(_RecordIndices(source.num_records))
-        return indices.map(RenderBatch(source))     # one render call per batch
-    return indices.map(_GatherBatch(source))
+# Steps between a reused record's uses: far enough apart that a batch shares
+# none of its records with the few batches around it, near enough that the
+# renders in between stay a few MB of host memory.
+REUSE_DELAY = 8
+
+
+def _batches(source, batch_size: int, seed: int, on_device: bool = False,
+             reuse: int = 1) -> grain.MapDataset:
+    if batch_size % reuse:
+        raise ValueError(f"the per-process batch {batch_size} must be a multiple of "
+                         f"reuse={reuse}")
+    shuffled = _shuffled_indices(len(source), seed)
+    indices = shuffled.batch(batch_size // reuse, drop_remainder=True)
+    if reuse > 1:
+        # As long as the batches without reuse (zip needs equal lengths).
+        indices = indices.map_with_index(_ReusedIndices(indices, reuse))[
+            :len(shuffled) // batch_size]
+    if on_device:
+        return indices.map(_RecordIndices(source.num_records))
+    # One render call per batch.
+    fetch = RenderBatch(source) if isinstance(source, SyntheticScenes) else _GatherBatch(source)
+    if reuse > 1:
+        # The records of the batches a reused record spans, and the batches
+        # the loader's threads and prefetch buffer are ahead by.
+        keep = batch_size // reuse * ((reuse - 1) * REUSE_DELAY + 8)
+        return indices.map(_RecentRecords(fetch.map, keep))
+    return indices.map(fetch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReusedIndices(grain.transforms.MapWithIndex):
+    """Chunk i of B/R indices -> batch i's B indices: chunks i + (R-1) d,
+    i + (R-2) d, ..., i (d = REUSE_DELAY), so each chunk is in R batches."""
+
+    chunks: grain.MapDataset
+    reuse: int
+
+    def map_with_index(self, index, chunk):
+        newest = index + (self.reuse - 1) * REUSE_DELAY
+        return np.concatenate([np.asarray(self.chunks[newest - r * REUSE_DELAY])
+                               for r in range(self.reuse - 1)] + [np.asarray(chunk)])
+
+
+class _RecentRecords(grain.transforms.Map):
+    """A batch of indices -> the stacked records `fetch(indices)` gives,
+    keeping the last `capacity` records and fetching only the others (a
+    record is a pure function of its index, so a hit and a fetch give the
+    same bits). Thread-safe: grain's threads share it."""
+
+    def __init__(self, fetch, capacity: int):
+        self.fetch, self.capacity = fetch, capacity
+        self._records: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def map(self, indices):
+        indices = [int(i) for i in np.asarray(indices)]
+        with self._lock:
+            found = {i: self._records[i] for i in indices if i in self._records}
+        missing = [i for i in dict.fromkeys(indices) if i not in found]
+        if missing:
+            fresh = self.fetch(np.asarray(missing))
+            found.update({i: {k: v[j] for k, v in fresh.items()}
+                          for j, i in enumerate(missing)})
+        with self._lock:
+            for i in dict.fromkeys(indices):
+                self._records[i] = found[i]
+                self._records.move_to_end(i)
+            while len(self._records) > self.capacity:
+                self._records.popitem(last=False)
+        return {k: np.stack([found[i][k] for i in indices]) for k in found[indices[0]]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,16 +247,17 @@ class _GatherBatch(grain.transforms.Map):
 
 def make_train_dataset(synthetic_source, real_source, *, batch_size: int,
                        image_size: int, seed: int, grayscale: bool,
-                       on_device: bool = False) -> grain.MapDataset:
+                       on_device: bool = False, reuse: int = 1) -> grain.MapDataset:
     """The zipped, preprocessed, endless training dataset (per-process batch).
     With `real_source=None` (no domain adaptation) elements have no "real".
     With `on_device` (scene engine only) "synthetic" holds record indices,
     crop offsets and the grayscale channel; `render_on_device` turns them
-    into the batch this function would otherwise have made."""
+    into the batch this function would otherwise have made. `reuse`: see the
+    module doc."""
     if on_device and not isinstance(synthetic_source, SyntheticScenes):
         raise ValueError("on-device rendering needs the scene engine (synthetic.source=render)")
     resolution = synthetic_source.resolution if on_device else None
-    syn = _batches(synthetic_source, batch_size, seed, on_device).random_map(
+    syn = _batches(synthetic_source, batch_size, seed, on_device, reuse).random_map(
         CropSynthetic(image_size, resolution), seed=seed + 1)
     if real_source is not None:
         real = _batches(real_source, batch_size, seed + 2)

@@ -138,11 +138,14 @@ def crop_box(shape: tuple[int, ...], mode: str, rng: np.random.Generator,
     return (int(left), int(top), int(left) + side, int(top) + side), flip
 
 
-def crop_and_resize(image: np.ndarray, resolution: int, mode: str,
+def crop_and_resize(image: np.ndarray | Image.Image, resolution: int, mode: str,
                     rng: np.random.Generator, min_scale: float = 0.35) -> np.ndarray:
-    """uint8 RGB (H, W, 3) -> (resolution, resolution, 3) by `mode` in CROPS."""
-    box, flip = crop_box(image.shape[:2], mode, rng, min_scale)
-    out = Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR, box=box)
+    """uint8 RGB (H, W, 3), or an RGB PIL image, -> (resolution, resolution, 3)
+    by `mode` in CROPS."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    box, flip = crop_box((image.height, image.width), mode, rng, min_scale)
+    out = image.resize((resolution, resolution), Image.BILINEAR, box=box)
     return flipped(np.asarray(out), flip)
 
 
@@ -162,11 +165,14 @@ class CroppedImages(grain.sources.RandomAccessDataSource):
         self.skipped = SkippedRecords()
 
     @abc.abstractmethod
-    def _load(self, index: int) -> np.ndarray:
-        """Record `index` as an image array (any dtype, gray, RGB or RGBA)."""
+    def _load(self, index: int) -> np.ndarray | Image.Image:
+        """Record `index` as an image array (any dtype, gray, RGB or RGBA) or
+        an RGB PIL image."""
 
     def _record(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image = to_rgb(self._load(index))
+        image = self._load(index)
+        if not isinstance(image, Image.Image):       # an RGB PIL image is used as it is
+            image = to_rgb(image)
         return {"image": crop_and_resize(image, self.resolution, self.crop, rng,
                                          self.min_scale)}
 
@@ -197,6 +203,13 @@ def photo_part(name: str, part: str) -> np.ndarray:
     return np.ascontiguousarray(photo[:, cut:] if part == "test" else photo[:, :cut])
 
 
+@functools.cache
+def _photo_part_image(name: str, part: str) -> Image.Image:
+    # Made once: converting a whole photo to PIL for each crop cost a third
+    # as much as the crop itself.
+    return Image.fromarray(photo_part(name, part))
+
+
 class PackagePhotos(CroppedImages):
     """Random crops of the training parts of scikit-image's bundled
     photographs (keyword args only).
@@ -220,8 +233,8 @@ class PackagePhotos(CroppedImages):
     def __len__(self) -> int:
         return self.num_records
 
-    def _load(self, index: int) -> np.ndarray:
-        return photo_part(self.photos[index % len(self.photos)], "train")
+    def _load(self, index: int) -> Image.Image:
+        return _photo_part_image(self.photos[index % len(self.photos)], "train")
 
     def __repr__(self) -> str:
         return (f"PackagePhotos(resolution={self.resolution}, photos={len(self.photos)}, "
