@@ -35,6 +35,7 @@ TINY = {
     "eval.every_steps": 2, "eval.num_images": 6,
     "checkpoint.every_steps": 2, "checkpoint.keep": 5,
     "data.grayscale": False,           # as runlocal; the grayscale path: test_pipeline
+    "synthetic.reuse": 2,              # as runlocal
 }
 
 
