@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
         c.synthetic.render.num_records = 100_000
         # Each render in two batches, 8 steps apart, with another crop: on 2
         # cores the renderer and the step share the cores, and half the
-        # renders made a 400-step run 13-14% shorter (side by side, input
+        # renders made a 400-step run 9-14% shorter (side by side, input
         # wait 31% -> 19%). Seeds 0-6 against one use each: photos
         # probe +1.0 +- 2.5 paired, the same held-out dense errors
         # (docs/results.md). The paper's 30 epochs show every render 30 times.
