@@ -49,6 +49,7 @@ import numpy as np
 from _common import load_config, machine, machine_label, peak_rss_mb, write_rows
 
 from mtssl import steps, train
+from mtssl.data import pipeline
 from mtssl.data.sources import training_sources
 from mtssl.flops import count_flops
 from mtssl.loop import release_free_host_memory
@@ -142,7 +143,6 @@ def _host_costs_ms(synthetic, real, config, repeats: int = 5) -> dict:
     """Median host milliseconds per batch of each data-path stage, one at a
     time (render, real-image crops, normalisation): what the loop's CPU time
     goes to besides the step."""
-    from mtssl.data import pipeline
     b = config.batch_size
 
     def median_ms(fn):
@@ -192,8 +192,7 @@ def bench_pipeline(config_spec: str, n_steps: int, on_device: bool, batch: int,
     state = steps.initial_state(init, jax.random.key(0), state_sharding)
     # Compile; fill the prefetch buffer; pass the first batches, which render
     # every record when records are reused.
-    from mtssl.data.pipeline import REUSE_DELAY
-    for _ in range(2 + (config.synthetic.reuse - 1) * REUSE_DELAY):
+    for _ in range(2 + (config.synthetic.reuse - 1) * pipeline.REUSE_DELAY):
         fixed = local_to_global(next(data_iter), data_sharding)
         state, metrics = step(state, fixed)
     jax.block_until_ready(metrics)

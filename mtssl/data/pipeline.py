@@ -187,15 +187,16 @@ class _RecentRecords(grain.transforms.Map):
 
     def map(self, indices):
         indices = [int(i) for i in np.asarray(indices)]
+        unique = list(dict.fromkeys(indices))
         with self._lock:
-            found = {i: self._records[i] for i in indices if i in self._records}
-        missing = [i for i in dict.fromkeys(indices) if i not in found]
+            found = {i: self._records[i] for i in unique if i in self._records}
+        missing = [i for i in unique if i not in found]
         if missing:
             fresh = self.fetch(np.asarray(missing))
             found.update({i: {k: v[j] for k, v in fresh.items()}
                           for j, i in enumerate(missing)})
         with self._lock:
-            for i in dict.fromkeys(indices):
+            for i in unique:
                 self._records[i] = found[i]
                 self._records.move_to_end(i)
             while len(self._records) > self.capacity:
