@@ -3,7 +3,8 @@
 Conventions: predictions and targets are batched NHWC arrays (N, H, W, C) or
 (N, H, W); an optional `mask` (N, H, W) of valid pixels (bool or 0/1) limits
 every dense loss to those pixels. Means are taken over all valid pixels of the
-batch, as in the reference code. The paper's loss weights (depth 5, normals
+batch, as in the reference code, except the scale-invariant depth loss, which
+is Eigen et al.'s per image. The paper's loss weights (depth 5, normals
 10, contours 1, adversarial 0.05; ours for semantics: 1) are applied by the
 caller, not here.
 """
@@ -38,8 +39,11 @@ def depth_target(depth_m: jax.Array) -> jax.Array:
 def depth_loss(pred_log, target_log, mask=None, variant: str = "reference"):
     """Loss between predicted and true log depth; d = pred - target.
 
-    reference:        0.5 * (mean(d^2) + 0.5 * mean(d)^2)   (the public code)
-    scale_invariant:  mean(d^2) - 0.5 * mean(d)^2           (Eigen et al. 2014)
+    reference:        0.5 * (mean(d^2) + 0.5 * mean(d)^2)   (the public code;
+                      means over the batch)
+    scale_invariant:  mean(d^2) - 0.5 * mean(d)^2 of each image, averaged over
+                      the images with valid pixels (Eigen et al. 2014): half of
+                      each image's own log-scale error goes unpunished
     l1:               mean(|d|)
     """
     if variant not in DEPTH_VARIANTS:
@@ -47,10 +51,17 @@ def depth_loss(pred_log, target_log, mask=None, variant: str = "reference"):
     d = _squeeze(pred_log) - _squeeze(target_log)
     if variant == "l1":
         return _masked_mean(jnp.abs(d), mask)
-    m2, m1 = _masked_mean(d * d, mask), _masked_mean(d, mask)
     if variant == "reference":
+        m2, m1 = _masked_mean(d * d, mask), _masked_mean(d, mask)
         return 0.5 * (m2 + 0.5 * m1 * m1)
-    return m2 - 0.5 * m1 * m1
+    weight = jnp.ones_like(d) if mask is None else mask.astype(d.dtype)
+    pixel_axes = tuple(range(1, d.ndim))
+    count = jnp.sum(weight, pixel_axes)
+    per_pixel = 1.0 / jnp.maximum(count, 1.0)
+    m2 = jnp.sum(d * d * weight, pixel_axes) * per_pixel
+    m1 = jnp.sum(d * weight, pixel_axes) * per_pixel
+    has_pixels = (count > 0).astype(d.dtype)
+    return jnp.sum((m2 - 0.5 * m1 * m1) * has_pixels) / jnp.maximum(jnp.sum(has_pixels), 1.0)
 
 
 def normals_loss(pred, target, mask=None):

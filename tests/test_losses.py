@@ -22,14 +22,29 @@ def test_depth_variants_by_hand():
     assert losses.depth_loss(pred2, target, variant="scale_invariant") == pytest.approx(1.5)
 
 
-def test_scale_invariant_depth_discounts_a_global_scale():
+def test_scale_invariant_depth_discounts_each_images_own_scale():
     rng = np.random.default_rng(0)
     target = jnp.asarray(rng.normal(size=(2, 4, 4)))
-    shifted = target + 0.7       # log(s * depth) = log depth + log s
+    log_scales = jnp.array([0.7, -0.3])[:, None, None]
+    shifted = target + log_scales       # log(s * depth) = log depth + log s, per image
     si = losses.depth_loss(shifted, target, variant="scale_invariant")
     ref = losses.depth_loss(shifted, target)
-    assert si == pytest.approx(0.7 ** 2 * 0.5)   # lambda = 0.5 keeps half
-    assert ref == pytest.approx(0.5 * 1.5 * 0.49)
+    # lambda = 0.5 keeps half of each image's squared log scale
+    assert si == pytest.approx(0.5 * (0.7 ** 2 + 0.3 ** 2) / 2)
+    # the reference's batch means: mean(d^2) = 0.29, mean(d) = 0.2
+    assert ref == pytest.approx(0.5 * (0.29 + 0.5 * 0.04))
+
+
+def test_scale_invariant_depth_weighs_images_not_pixels():
+    # Image 0 has one valid pixel, image 1 three, image 2 none: each image with
+    # valid pixels counts once, whatever its number of pixels.
+    d = jnp.array([[[2.0, 9.0, 9.0]], [[1.0, 1.0, 4.0]], [[5.0, 5.0, 5.0]]])
+    mask = jnp.array([[[True, False, False]], [[True, True, True]],
+                      [[False, False, False]]])
+    si = losses.depth_loss(d, jnp.zeros_like(d), mask, "scale_invariant")
+    image0 = 4.0 - 0.5 * 4.0                  # mean(d^2) = 4, mean(d) = 2
+    image1 = 18.0 / 3 - 0.5 * 2.0 ** 2        # mean(d^2) = 6, mean(d) = 2
+    assert si == pytest.approx((image0 + image1) / 2)
 
 
 def test_masks_select_pixels():
