@@ -63,6 +63,7 @@ def test_diagnose_a_checkpoint(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run[0], workdir)
     config = load_config_file(os.path.join(ROOT, "configs/diagnose.py"))
     config.num_images = 4
+    config.num_photo_crops = 24
     report = diagnose.run(config, str(workdir))            # what the command runs
     assert json.loads((workdir / "diagnose_2.json").read_text()) == json.loads(
         json.dumps(report))
@@ -94,5 +95,41 @@ def test_diagnose_a_checkpoint(tiny_run, tmp_path, capsys):
         assert dep["prediction_var_synthetic"] >= 0 and dep["target_var_synthetic"] > 0, task
         assert "prediction_var_real" in dep
     assert 0 < report["contours_coarse_oracle_loss"] < report["tasks"]["contours"]["trivial_loss"]
+    features = report["features"]
+    assert features["num_photo_crops"] == 24
+    for weights in ("now", "initial"):
+        assert set(features[weights]) == set(report["activations"]["real"])
+        for tap in features[weights].values():
+            assert 0.0 < tap["photo_share"] <= 1.0
+            assert 1.0 <= tap["effective_rank"] <= tap["channels"]
+    # Two small steps leave the features close to the initial weights' ones.
+    assert features["now"]["conv1"]["photo_share"] == pytest.approx(
+        features["initial"]["conv1"]["photo_share"], abs=0.05)
     text = diagnose.summary(report)
     assert "| g/encoder/conv1 |" in text and "| contours |" in text
+    assert "| conv5 |" in text
+    config.num_photo_crops = 12
+    with pytest.raises(ValueError, match="num_photo_crops=12; it must be >= 24"):
+        diagnose.run(config, str(workdir))
+
+
+def test_effective_rank_and_photo_share_by_hand():
+    # Two uncorrelated channels of equal variance: correlation = identity.
+    two = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert diagnose.effective_rank(two) == pytest.approx(2.0)
+    # A third channel that copies the first (scaled) adds eigenvalue shares
+    # 2/3, 1/3, 0; a constant channel is left out.
+    three = np.column_stack([two, 5 * two[:, 0], np.full(4, 7.0)])
+    p = np.array([2 / 3, 1 / 3])
+    assert diagnose.effective_rank(three) == pytest.approx(np.exp(-np.sum(p * np.log(p))))
+    assert diagnose.effective_rank(np.ones((4, 3))) == 0.0
+    # Rows constant within each group: all variance is between groups; group
+    # means that are all equal: none of it is.
+    groups = np.array([0, 0, 1, 1])
+    assert diagnose.between_group_share(
+        np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 0.0], [3.0, 0.0]]), groups) == pytest.approx(1.0)
+    assert diagnose.between_group_share(
+        np.array([[1.0], [3.0], [3.0], [1.0]]), groups) == pytest.approx(0.0)
+    # Half and half: group means +-1 around 0, within-group deviations +-1.
+    assert diagnose.between_group_share(
+        np.array([[0.0], [2.0], [-2.0], [0.0]]), groups) == pytest.approx(0.5)

@@ -35,6 +35,16 @@ Prints a report and writes `<workdir>/diagnose_<step>.json` with:
                held-out scenes, and the predictions' variance on real images:
                near 0 means the prediction is the same layout whatever the
                image.
+  features     per encoder tap, the probe's view of it (post-ReLU, inference
+               mode) on the photos probe's training crops (`num_photo_crops`),
+               for the checkpoint and for its initial weights (the random
+               baseline's encoder): `photo_share`, the share of the
+               standardised, spatially averaged features' variance that lies
+               between the 12 photographs rather than between crops of one
+               (the linear probe needs it high), and `effective_rank`, exp of
+               the entropy of the channel correlation spectrum over image
+               positions (Roy & Vetterli 2007): how many directions the
+               features use.
 BatchNorm gaps are reported for AlexNet encoders (one norm per tap).
 All of it is computed in inference mode (BatchNorm running statistics) on
 images centre-cropped to the training size, as the evaluation does.
@@ -53,7 +63,9 @@ from flax import nnx
 
 from mtssl import losses, steps
 from mtssl.cli import run_config_command
+from mtssl.data import labeled
 from mtssl.data.pipeline import normalize_images
+from mtssl.data.real import PHOTOS
 from mtssl.data.scenes import SEMANTIC_CLASSES
 from mtssl.data.sources import held_out_source, real_source, synthetic_batch
 from mtssl.pretrained import load_run
@@ -207,6 +219,61 @@ def input_dependence(preds_syn, batch, preds_real) -> dict[str, dict[str, float]
     return out
 
 
+def effective_rank(rows: np.ndarray) -> float:
+    """exp(entropy) of the eigenvalue shares of the correlation matrix of
+    `rows` (samples, channels); constant channels are left out (0 if all are)."""
+    rows = np.asarray(rows, np.float64)
+    sd = rows.std(0)
+    keep = sd > 1e-12 * max(float(np.abs(rows).max(initial=0.0)), 1e-30)
+    if not keep.any():
+        return 0.0
+    z = (rows[:, keep] - rows[:, keep].mean(0)) / sd[keep]
+    eigenvalues = np.clip(np.linalg.eigvalsh(z.T @ z / len(z)), 0.0, None)
+    p = eigenvalues[eigenvalues > 0] / eigenvalues.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def between_group_share(rows: np.ndarray, groups: np.ndarray) -> float:
+    """Share of the variance of the standardised `rows` (samples, channels)
+    that lies between the groups' means (1: rows are constant within each
+    group; about (groups - 1) / samples for rows unrelated to the groups)."""
+    rows = np.asarray(rows, np.float64)
+    sd = rows.std(0)
+    keep = sd > 1e-12 * max(float(np.abs(rows).max(initial=0.0)), 1e-30)
+    if not keep.any():
+        return 0.0
+    z = (rows[:, keep] - rows[:, keep].mean(0)) / sd[keep]
+    means = np.zeros_like(z)
+    for g in np.unique(groups):
+        means[groups == g] = z[groups == g].mean(0)
+    return float(np.sum(means ** 2) / np.sum(z ** 2))
+
+
+POSITIONS_PER_CROP = 16     # image positions per crop that enter the effective rank
+
+
+def feature_geometry(features_of, images: np.ndarray, labels: np.ndarray,
+                     chunk: int = 64) -> dict[str, dict[str, float]]:
+    """`features_of(images)` -> {tap: (n, h, w, c) post-ReLU}; per tap the
+    photo_share and effective_rank of the module docstring. Positions are a
+    fixed draw, so the same images give the same figures."""
+    pooled, positions = {}, {}
+    rng = np.random.default_rng(0)
+    for start in range(0, len(images), chunk):
+        for name, x in features_of(images[start:start + chunk]).items():
+            x = np.asarray(x, np.float64)
+            n, h, w, c = x.shape
+            pooled.setdefault(name, []).append(x.mean((1, 2)))
+            flat = x.reshape(n, h * w, c)
+            picks = rng.integers(0, h * w, size=(n, min(POSITIONS_PER_CROP, h * w)))
+            positions.setdefault(name, []).append(
+                np.take_along_axis(flat, picks[..., None], axis=1).reshape(-1, c))
+    return {name: {"photo_share": between_group_share(np.concatenate(pooled[name]), labels),
+                   "effective_rank": effective_rank(np.concatenate(positions[name])),
+                   "channels": int(pooled[name][0].shape[-1])}
+            for name in pooled}
+
+
 def discriminator_history(workdir: epath.Path) -> dict[str, float]:
     path = workdir / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -222,7 +289,8 @@ def discriminator_history(workdir: epath.Path) -> dict[str, float]:
     return out
 
 
-def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> dict:
+def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None,
+             num_photo_crops: int = 240) -> dict:
     """The report of the module docstring, as a dict."""
     workdir = epath.Path(workdir)
     config, static, state, step = load_run(workdir, step)
@@ -244,7 +312,22 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
         return model(images)
 
     def run(images):
+        return run_state(state, images)
+
+    def probe_features(state):
+        def features_of(images):
+            taps, _ = run_state(state, images)
+            return {name: np.maximum(x, 0) for name, x in taps.items()}   # post-ReLU
+        return features_of
+
+    def run_state(state, images):
         return jax.device_get(forward(state, jnp.asarray(normalize_images(images))))
+
+    photos = labeled.make_labeled("photos", "train", resolution=config.image_size,
+                                  seed=config.seed, num_records=num_photo_crops)
+    photo_records = [photos[i] for i in range(len(photos))]
+    photo_images = np.stack([r["image"] for r in photo_records])
+    photo_labels = np.array([int(r["label"]) for r in photo_records])
 
     taps_syn, preds_syn = run(batch["image"])
     taps_real, preds_real = run(real_images)
@@ -278,6 +361,11 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None) -> 
             batch["contours"], static.contour_weighting)} if "contours" in static.tasks
            else {}),
         "input_dependence": input_dependence(preds_syn, batch, preds_real),
+        "features": {
+            "num_photo_crops": len(photo_images),
+            "now": feature_geometry(probe_features(state), photo_images, photo_labels),
+            "initial": feature_geometry(probe_features(initial), photo_images,
+                                        photo_labels)},
     }
     return report
 
@@ -312,6 +400,16 @@ def summary(report: dict) -> str:
         lines.append(f"| {t} | {v['loss']:.4f} | {v['trivial_loss']:.4f} | "
                      f"{v['ratio']:.2f} | {dep['ratio_synthetic']:.2f} | "
                      f"{dep.get('ratio_real', math.nan):.2f} |")
+    f = report["features"]
+    lines += ["", f"Probe taps (post-ReLU) on {f['num_photo_crops']} photos-probe crops, "
+              "now against the initial weights:", "",
+              "| tap | photo share | photo share init | effective rank | "
+              "effective rank init | channels |", "|---|---|---|---|---|---|"]
+    for name, now in f["now"].items():
+        init = f["initial"][name]
+        lines.append(f"| {name} | {now['photo_share']:.2f} | {init['photo_share']:.2f} | "
+                     f"{now['effective_rank']:.1f} | {init['effective_rank']:.1f} | "
+                     f"{now['channels']} |")
     if "contours_coarse_oracle_loss" in report:
         lines.append(f"\ncontours: a {ORACLE_CELL}x{ORACLE_CELL}-cell oracle reaches "
                      f"{report['contours_coarse_oracle_loss']:.4f}")
@@ -323,8 +421,12 @@ def run(config, workdir: str) -> dict:
     `<workdir>/diagnose_<step>.json` and prints the summary."""
     if config.num_images < 1:
         raise ValueError(f"num_images={config.num_images}; it must be >= 1")
+    if config.num_photo_crops < 2 * len(PHOTOS):
+        raise ValueError(f"num_photo_crops={config.num_photo_crops}; it must be >= "
+                         f"{2 * len(PHOTOS)} (two per photograph)")
     report = diagnose(workdir, num_images=config.num_images,
-                      step=None if config.step < 0 else config.step)
+                      step=None if config.step < 0 else config.step,
+                      num_photo_crops=config.num_photo_crops)
     if jax.process_index() == 0:
         out = epath.Path(workdir) / f"diagnose_{report['step']}.json"
         out.write_text(json.dumps(report, indent=1))
