@@ -219,15 +219,23 @@ def input_dependence(preds_syn, batch, preds_real) -> dict[str, dict[str, float]
     return out
 
 
-def effective_rank(rows: np.ndarray) -> float:
-    """exp(entropy) of the eigenvalue shares of the correlation matrix of
-    `rows` (samples, channels); constant channels are left out (0 if all are)."""
+def _standardised(rows: np.ndarray) -> np.ndarray | None:
+    """(samples, channels) with each non-constant channel at mean 0, sd 1 and
+    the constant ones left out; None if every channel is constant."""
     rows = np.asarray(rows, np.float64)
     sd = rows.std(0)
     keep = sd > 1e-12 * max(float(np.abs(rows).max(initial=0.0)), 1e-30)
     if not keep.any():
+        return None
+    return (rows[:, keep] - rows[:, keep].mean(0)) / sd[keep]
+
+
+def effective_rank(rows: np.ndarray) -> float:
+    """exp(entropy) of the eigenvalue shares of the correlation matrix of
+    `rows` (samples, channels); constant channels are left out (0 if all are)."""
+    z = _standardised(rows)
+    if z is None:
         return 0.0
-    z = (rows[:, keep] - rows[:, keep].mean(0)) / sd[keep]
     eigenvalues = np.clip(np.linalg.eigvalsh(z.T @ z / len(z)), 0.0, None)
     p = eigenvalues[eigenvalues > 0] / eigenvalues.sum()
     return float(np.exp(-np.sum(p * np.log(p))))
@@ -237,12 +245,9 @@ def between_group_share(rows: np.ndarray, groups: np.ndarray) -> float:
     """Share of the variance of the standardised `rows` (samples, channels)
     that lies between the groups' means (1: rows are constant within each
     group; about (groups - 1) / samples for rows unrelated to the groups)."""
-    rows = np.asarray(rows, np.float64)
-    sd = rows.std(0)
-    keep = sd > 1e-12 * max(float(np.abs(rows).max(initial=0.0)), 1e-30)
-    if not keep.any():
+    z = _standardised(rows)
+    if z is None:
         return 0.0
-    z = (rows[:, keep] - rows[:, keep].mean(0)) / sd[keep]
     means = np.zeros_like(z)
     for g in np.unique(groups):
         means[groups == g] = z[groups == g].mean(0)
