@@ -316,17 +316,12 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None,
         model.eval()
         return model(images)
 
-    def run(images):
-        return run_state(state, images)
+    def run(weights, images):
+        return jax.device_get(forward(weights, jnp.asarray(normalize_images(images))))
 
-    def probe_features(state):
-        def features_of(images):
-            taps, _ = run_state(state, images)
-            return {name: np.maximum(x, 0) for name, x in taps.items()}   # post-ReLU
-        return features_of
-
-    def run_state(state, images):
-        return jax.device_get(forward(state, jnp.asarray(normalize_images(images))))
+    def post_relu_taps(weights):
+        return lambda images: {name: np.maximum(x, 0)
+                               for name, x in run(weights, images)[0].items()}
 
     photos = labeled.make_labeled("photos", "train", resolution=config.image_size,
                                   seed=config.seed, num_records=num_photo_crops)
@@ -334,8 +329,8 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None,
     photo_images = np.stack([r["image"] for r in photo_records])
     photo_labels = np.array([int(r["label"]) for r in photo_records])
 
-    taps_syn, preds_syn = run(batch["image"])
-    taps_real, preds_real = run(real_images)
+    taps_syn, preds_syn = run(state, batch["image"])
+    taps_real, preds_real = run(state, real_images)
     g_stats = jax.device_get(state.g_stats)["encoder"]
     g_params = jax.device_get(state.g_params)
     norm_state = {"norms": {name: {**g_stats["norms"][name],
@@ -368,8 +363,8 @@ def diagnose(workdir: str, *, num_images: int = 64, step: int | None = None,
         "input_dependence": input_dependence(preds_syn, batch, preds_real),
         "features": {
             "num_photo_crops": len(photo_images),
-            "now": feature_geometry(probe_features(state), photo_images, photo_labels),
-            "initial": feature_geometry(probe_features(initial), photo_images,
+            "now": feature_geometry(post_relu_taps(state), photo_images, photo_labels),
+            "initial": feature_geometry(post_relu_taps(initial), photo_images,
                                         photo_labels)},
     }
     return report
