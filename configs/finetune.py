@@ -18,9 +18,12 @@ to norm 10, new layer at 10x. Our test crops are the usual deterministic 10
 and their mirrors); their script averages 10 random augmentations.
 
 `photos`: the embedded "photos" task (12 classes, single-label softmax) at
-96 px with runlocal's architecture for the random-init baseline, scored on
-the "val" split as well, which experiments/finetune_sweep.py chooses the
-learning rate by (per encoder, the same grid for all).
+96 px with runlocal's architecture for the random-init baseline. To choose
+a learning rate without the test split, experiments/finetune_sweep.py also
+runs it with `--config.train_split=fit --config.val_split=val` (the
+training region's top 60% and bottom 40%: disjoint) per encoder and grid
+point; the config refuses a val or test split that shares pixels with the
+training split.
 """
 
 import ml_collections
@@ -68,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     if arg == "photos":
         c.dataset = "photos"
-        c.train_split, c.test_split, c.val_split = "train", "test", "val"
+        c.train_split, c.test_split = "train", "test"
         c.model.width = 0.25
         c.image_size = 96
         c.batch_size = 32

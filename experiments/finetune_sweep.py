@@ -4,16 +4,20 @@
     python experiments/finetune_sweep.py --seeds=0 --lrs=0.001,0.01 \\
         --encoders=random,runlocal=runs/local
 
-Every encoder fine-tunes once per (seed, learning rate) of one grid with
-`configs/finetune.py:photos` (every other setting as the preset says) and is
-scored on the preset's "val" split (other crops of the training photographs)
-and on its test split. Per (encoder, seed) the learning rate with the best
-validation accuracy is chosen, and that run's test accuracy is what the table
-reports: the usual transfer protocol (e.g. Kornblith et al. 2019), which
-gives every encoder the learning rate that suits it without looking at the
-test split. A single learning rate for all would favour whichever encoder it
-happens to suit: a random init wants a smaller one than a pretrained network,
-whose features must move further from what pretraining made them.
+Every encoder fine-tunes twice per (seed, learning rate) of one grid with
+`configs/finetune.py:photos` (every other setting as the preset says): a
+selection run trained on the "fit" split (the top 60% of each training
+photograph's region) and scored on "val" (its bottom 40%, pixels the run
+never trained on), and the final run trained on the whole "train" split and
+scored on test. Per (encoder, seed) the learning rate with the best
+validation accuracy is chosen, and that final run's test accuracy is what
+the table reports: the usual transfer protocol (e.g. Kornblith et al. 2019:
+choose on a split held out of the training data, then train on all of it),
+which gives every encoder the learning rate that suits it without looking at
+the test split. A single learning rate for all would favour whichever
+encoder it happens to suit: a random init wants a smaller one than a
+pretrained network, whose features must move further from what pretraining
+made them.
 
 `--encoders`: "random" (runlocal's architecture, the same seed) and
 name=checkpoint pairs, where "{seed}" in the checkpoint path is replaced by the
@@ -21,7 +25,8 @@ seed (default: the scale-curve runs, runs/curve_nogray/seed{seed}/run/
 checkpoints/1200, the README main command's 1,200 steps at seeds 0-2).
 
 Runs are resumable (a finished fine-tuning workdir is read, not rerun). Runs go
-to `<runs>/<encoder>/seed<k>/lr<lr>` (default runs/finetune_sweep); results to
+to `<runs>/<encoder>/seed<k>/lr<lr>` and selection runs to
+`<runs>/<encoder>/seed<k>/select_lr<lr>` (default runs/finetune_sweep); results to
 `<out>.json` (every run, with its command and the machine) and `<out>.md`.
 """
 
@@ -40,6 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import ROOT, machine, machine_label, printable, run_logged, spread_cell
 
 DEFAULT_ENCODERS = "random,runlocal=runs/curve_nogray/seed{seed}/run/checkpoints/1200"
+SELECTION = ["--config.train_split=fit", "--config.val_split=val"]
 
 
 def finetune_command(workdir: pathlib.Path, checkpoint: str, seed: int, lr: float,
@@ -101,10 +107,27 @@ def markdown(runs: list[dict], info: dict) -> str:
                 lines += ["", f"{name} minus random init at the chosen lr (same seed): "
                           + ", ".join(f"{100 * g:+.1f}" for g in gaps)
                           + f"; mean {100 * np.mean(gaps):+.1f}."]
-    lines += ["", "Commands (seed 0, each lr):", "", "```"]
-    lines += [r["command"] for r in runs if r["seed"] == seeds[0]]
+    lines += ["", "Validation accuracy % of the selection runs (trained on \"fit\", scored on "
+              "\"val\"), mean ± half-range over seeds:", "",
+              "| encoder | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+              "|---" * (1 + len(lrs)) + "|"]
+    for name in encoders:
+        lines.append(f"| {name} | " + " | ".join(
+            spread_cell([r["val_accuracy"] for r in runs
+                         if r["encoder"] == name and r["lr"] == lr], 100, 1) for lr in lrs) + " |")
+    lines += ["", "Commands (seed 0, each lr: the selection run, then the final run):", "", "```"]
+    for r in runs:
+        if r["seed"] == seeds[0]:
+            lines += [r["selection_command"], r["command"]]
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def finished(command: list[str], workdir: pathlib.Path) -> dict:
+    """The run's finetune.json, running it first unless it exists."""
+    if not (workdir / "finetune.json").exists():
+        run_logged(command, workdir.parent / f"{workdir.name}.log")  # lr0.001: no suffix
+    return json.loads((workdir / "finetune.json").read_text())
 
 
 def main() -> None:
@@ -128,17 +151,21 @@ def main() -> None:
     for seed in seeds:
         for name, pattern in encoders.items():
             for lr in lrs:
-                workdir = root / name / f"seed{seed}" / f"lr{lr:g}"
-                command = finetune_command(workdir, pattern.format(seed=seed), seed, lr,
-                                           args.extra.split())
-                if not (workdir / "finetune.json").exists():
-                    run_logged(command, workdir.with_suffix(".log"))
-                result = json.loads((workdir / "finetune.json").read_text())
+                base, checkpoint = root / name / f"seed{seed}", pattern.format(seed=seed)
+                selection = finetune_command(base / f"select_lr{lr:g}", checkpoint, seed, lr,
+                                             args.extra.split() + SELECTION)
+                final = finetune_command(base / f"lr{lr:g}", checkpoint, seed, lr,
+                                         args.extra.split())
+                chosen_by = finished(selection, base / f"select_lr{lr:g}")
+                result = finished(final, base / f"lr{lr:g}")
                 runs.append({"encoder": name, "seed": seed, "lr": lr,
                              "accuracy": result["accuracy"],
-                             "val_accuracy": result["val_accuracy"],
-                             "command": printable(command)})
-                print(f"{name} seed {seed} lr {lr:g}: val {100 * result['val_accuracy']:.1f}, "
+                             "val_accuracy": chosen_by["val_accuracy"],
+                             "selection_test_accuracy": chosen_by["accuracy"],
+                             "command": printable(final),
+                             "selection_command": printable(selection)})
+                print(f"{name} seed {seed} lr {lr:g}: val {100 * chosen_by['val_accuracy']:.1f} "
+                      f"(test {100 * chosen_by['accuracy']:.1f} trained on fit), "
                       f"test {100 * result['accuracy']:.1f}", flush=True)
                 info = {"date": datetime.date.today().isoformat(), "machine": machine()}
                 out.with_suffix(".json").write_text(json.dumps({**info, "runs": runs},

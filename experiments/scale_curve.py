@@ -91,7 +91,7 @@ def curve(args) -> list[dict]:
                 probe_dir = runs / f"seed{seed}" / f"probe_{name}_{step}"
                 command = probe_command(probe_dir, checkpoint, dataset, seed, architecture)
                 if not (probe_dir / "probe.json").exists():
-                    run_logged(command, probe_dir.with_suffix(".log"))
+                    run_logged(command, probe_dir.parent / f"{probe_dir.name}.log")
                 result = json.loads((probe_dir / "probe.json").read_text())
                 accuracy = {k: v["accuracy"] for k, v in result.items()}
                 rows.append({"seed": seed, "step": step, "dataset": dataset,

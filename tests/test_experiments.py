@@ -46,7 +46,7 @@ def test_scale_curve_table_gives_best_layers_and_the_gap_to_random():
 def test_finetune_sweep_chooses_each_encoders_lr_on_val_and_reports_its_test():
     import finetune_sweep
     runs = [{"encoder": e, "seed": s, "lr": lr, "val_accuracy": v, "accuracy": t,
-             "command": f"cmd {e} {s} {lr}"}
+             "command": f"cmd {e} {s} {lr}", "selection_command": f"select {e} {s} {lr}"}
             for e, s, lr, v, t in [("random", 0, 0.001, 0.9, 0.8), ("random", 0, 0.01, 0.7, 0.95),
                                    ("pre", 0, 0.001, 0.6, 0.9), ("pre", 0, 0.01, 0.8, 0.85),
                                    ("pre", 1, 0.001, 0.5, 0.5), ("pre", 1, 0.01, 0.5, 0.6)]]
@@ -58,6 +58,8 @@ def test_finetune_sweep_chooses_each_encoders_lr_on_val_and_reports_its_test():
                                               "isa": [], "jax": "x"}}
     table = finetune_sweep.markdown(runs, info)
     assert "pre minus random init at the chosen lr (same seed): +5.0" in table
+    assert "| pre | 55.0 ± 5.0 | 65.0 ± 15.0 |" in table        # the selection runs' val
+    assert "select pre 0 0.01\ncmd pre 0 0.01" in table and "cmd pre 1" not in table
     assert finetune_sweep.parse_encoders("random,a=x{seed}") == {"random": "", "a": "x{seed}"}
     with pytest.raises(ValueError, match="name=checkpoint"):
         finetune_sweep.parse_encoders("runlocal")

@@ -22,7 +22,6 @@ def finetune_config(**overrides):
     c.model.width = 0.125
     c.image_size, c.batch_size, c.num_threads = 64, 8, 2
     c.log_every, c.save_every = 1, 2
-    c.val_split = ""            # the photos split; tests on other datasets set their own
     for key, value in overrides.items():
         c[key] = value
     return c
@@ -178,3 +177,11 @@ def test_unknown_dataset_names_the_choices(tmp_path):
                          ("test_scale", 0.5)):
         with pytest.raises(ValueError, match=field):
             finetune.validate(finetune_config(**{field: value}))
+    # On photos, a split scored for selection or test must be pixels the run
+    # never trains on.
+    finetune.validate(finetune_config(train_split="fit", val_split="val"))
+    for train, field, scored in (("train", "val_split", "val"), ("train", "val_split", "fit"),
+                                 ("fit", "test_split", "fit"), ("val", "val_split", "train")):
+        with pytest.raises(ValueError, match=f"{field}='{scored}' shares pixels.*'fit' to "
+                                             "score 'val'"):
+            finetune.validate(finetune_config(train_split=train, **{field: scored}))

@@ -63,12 +63,19 @@ def test_photo_crops_are_labelled_and_disjoint():
     region, _ = test.load_example(13)
     resized = real.crop_and_resize(region, 32, "resize", np.random.default_rng(0))
     assert np.abs(resized.astype(int) - b["image"].astype(int)).mean() < 3
-    # "val": other crops of the training halves (model selection), not test's.
+    # Model selection: "fit" and "val" split the training region by rows, so
+    # they share no pixel with each other or with test, and tile "train".
+    fit = PhotoCrops(split="fit", num_records=24, resolution=32)
     val = PhotoCrops(split="val", num_records=24, resolution=32)
-    assert val[13]["label"] == 1 and not np.array_equal(val[13]["image"], a["image"])
-    assert val._load_example(13)[0].shape == train._load_example(13)[0].shape
-    assert val._load_example(13)[0].shape != test._load_example(13)[0].shape
-    with pytest.raises(ValueError, match="train, test, val"):
+    assert fit[13]["label"] == val[13]["label"] == 1
+    whole, top, bottom = (s._load_example(13)[0] for s in (train, fit, val))
+    assert np.array_equal(np.concatenate([top, bottom]), whole)
+    assert abs(bottom.shape[0] / whole.shape[0] - real.PHOTO_VAL_SHARE) < 0.01
+    overlaps = {(a, b) for a in real.PHOTO_PARTS for b in real.PHOTO_PARTS
+                if real.photo_parts_overlap(a, b)}
+    assert overlaps == {("train", "train"), ("test", "test"), ("fit", "fit"), ("val", "val"),
+                        ("train", "fit"), ("fit", "train"), ("train", "val"), ("val", "train")}
+    with pytest.raises(ValueError, match="train, test, fit, val"):
         PhotoCrops(split="validation")
 
 

@@ -15,9 +15,10 @@ string:
                        bundled photographs a crop comes from; train crops
                        are drawn from the left 55% of each photo, test crops
                        from the right 45%, so no test pixel is ever trained on;
-                       "val" crops are other crops of the training region, for
-                       choosing hyperparameters without looking at the test
-                       split (they overlap what is trained on: never report them)
+                       for choosing hyperparameters without the test split,
+                       "fit" crops come from the top 60% of the training
+                       region and "val" crops from its bottom 40%: train on
+                       "fit", score "val" (both lie inside "train")
   "digits"             scikit-learn's bundled handwritten digits (UCI optdigits
                        test set: 1,797 8x8 images of 10 classes, 0..16 grey
                        levels), upscaled; a fixed shuffle splits it in halves
@@ -70,7 +71,7 @@ class _Labeled(real.CroppedImages):
 class PhotoCrops(_Labeled):
     """Crops of the package photographs labelled by photograph."""
 
-    SPLITS = ("train", "test", "val")     # the index is the seed offset
+    SPLITS = real.PHOTO_PARTS               # the index is the seed offset
 
     def __init__(self, *, split: str = "train", num_records: int = 1200,
                  resolution: int = 64, seed: int = 0, min_scale: float = 0.3):
@@ -87,8 +88,7 @@ class PhotoCrops(_Labeled):
 
     def _load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         label = int(index) % len(self.class_names)
-        part = "test" if self.split == "test" else "train"
-        return real.photo_part(self.class_names[label], part), np.int32(label)
+        return real.photo_part(self.class_names[label], self.split), np.int32(label)
 
     def load_example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Record `index`'s crop of its photograph half at full resolution

@@ -44,9 +44,14 @@ CROPS = ("random_crop", "center_crop", "resize")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
           "brick", "grass", "gravel", "immunohistochemistry", "hubble_deep_field")
 # The left share of each photo in PHOTOS is its training part: the real
-# domain and the photos probe's train/val crops come from it, the probe's
-# test crops from the rest (`photo_part`).
+# domain and the photos probe's train crops come from it, the probe's test
+# crops from the rest (`photo_part`). For model selection the training part
+# splits again, by rows: "fit" (the top) and "val" (the bottom
+# PHOTO_VAL_SHARE), so a run that trains on "fit" is scored on "val" pixels
+# it never saw, as a test split would be.
 PHOTO_TRAIN_SHARE = 0.55
+PHOTO_VAL_SHARE = 0.4
+PHOTO_PARTS = ("train", "test", "fit", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -195,12 +200,25 @@ def package_photo(name: str) -> np.ndarray:
 @functools.cache
 def photo_part(name: str, part: str) -> np.ndarray:
     """Photo `name`'s training part ("train": its left PHOTO_TRAIN_SHARE of
-    columns) or the rest ("test"), contiguous (PIL would copy a view)."""
-    if part not in ("train", "test"):
-        raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+    columns), the rest ("test"), or the training part's top rows ("fit") and
+    bottom PHOTO_VAL_SHARE of rows ("val"); contiguous (PIL would copy a
+    view)."""
+    if part not in PHOTO_PARTS:
+        raise ValueError(f"part must be one of {', '.join(PHOTO_PARTS)}, got {part!r}")
     photo = package_photo(name)
     cut = int(photo.shape[1] * PHOTO_TRAIN_SHARE)
-    return np.ascontiguousarray(photo[:, cut:] if part == "test" else photo[:, :cut])
+    if part == "test":
+        return np.ascontiguousarray(photo[:, cut:])
+    train = photo[:, :cut]
+    rows = train.shape[0] - int(train.shape[0] * PHOTO_VAL_SHARE)
+    region = {"train": train, "fit": train[:rows], "val": train[rows:]}[part]
+    return np.ascontiguousarray(region)
+
+
+def photo_parts_overlap(a: str, b: str) -> bool:
+    """Whether photo parts `a` and `b` share pixels ("train" holds "fit" and
+    "val"; "test" holds none of them)."""
+    return a == b or ("train" in (a, b) and "test" not in (a, b))
 
 
 @functools.cache

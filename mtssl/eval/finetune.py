@@ -385,6 +385,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"dropout={config.dropout}; it must be in [0, 1)")
     if config.test_scale < 1:
         raise ValueError(f"test_scale={config.test_scale}; it must be >= 1")
+    if config.dataset == "photos":       # its splits are regions of the same photographs
+        for field in ("val_split", "test_split"):
+            if config[field] and real.photo_parts_overlap(config.train_split, config[field]):
+                raise ValueError(
+                    f"{field}={config[field]!r} shares pixels with train_split="
+                    f"{config.train_split!r} on photos: train on 'fit' to score 'val', on "
+                    "'train' to score 'test'")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
