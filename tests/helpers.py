@@ -36,6 +36,8 @@ TINY = {
     "checkpoint.every_steps": 2, "checkpoint.keep": 5,
     "data.grayscale": False,           # as runlocal; the grayscale path: test_pipeline
     "synthetic.reuse": 2,              # as runlocal
+    # conftest's session render cache; the uncached path: test_render, test_pipeline
+    "synthetic.render.cache_dir": os.environ.get("MTSSL_TEST_RENDER_CACHE", ""),
 }
 
 
