@@ -65,6 +65,15 @@ def run_logged(command: list[str], log: pathlib.Path) -> float:
     return time.perf_counter() - start
 
 
+def result_of(command: list[str], workdir: pathlib.Path, name: str) -> dict:
+    """`workdir/name` (a JSON result), running `command` first unless it
+    exists; its log goes beside the workdir as `<workdir name>.log` (the name
+    appended, not swapped: "lr0.001" keeps its ".001")."""
+    if not (workdir / name).exists():
+        run_logged(command, workdir.parent / f"{workdir.name}.log")
+    return json.loads((workdir / name).read_text())
+
+
 def spread_cell(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
     """A table cell: the value, or mean +- half the max-min range over seeds."""
     if not values:

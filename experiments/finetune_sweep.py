@@ -42,7 +42,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ROOT, machine, machine_label, printable, run_logged, spread_cell
+from _common import ROOT, machine, machine_label, printable, result_of, spread_cell
 
 DEFAULT_ENCODERS = "random,runlocal=runs/curve_nogray/seed{seed}/run/checkpoints/1200"
 SELECTION = ["--config.train_split=fit", "--config.val_split=val"]
@@ -123,13 +123,6 @@ def markdown(runs: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
-def finished(command: list[str], workdir: pathlib.Path) -> dict:
-    """The run's finetune.json, running it first unless it exists."""
-    if not (workdir / "finetune.json").exists():
-        run_logged(command, workdir.parent / f"{workdir.name}.log")  # lr0.001: no suffix
-    return json.loads((workdir / "finetune.json").read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encoders", default=DEFAULT_ENCODERS,
@@ -156,8 +149,8 @@ def main() -> None:
                                              args.extra.split() + SELECTION)
                 final = finetune_command(base / f"lr{lr:g}", checkpoint, seed, lr,
                                          args.extra.split())
-                chosen_by = finished(selection, base / f"select_lr{lr:g}")
-                result = finished(final, base / f"lr{lr:g}")
+                chosen_by = result_of(selection, base / f"select_lr{lr:g}", "finetune.json")
+                result = result_of(final, base / f"lr{lr:g}", "finetune.json")
                 runs.append({"encoder": name, "seed": seed, "lr": lr,
                              "accuracy": result["accuracy"],
                              "val_accuracy": chosen_by["val_accuracy"],

@@ -37,7 +37,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ROOT, load_config, machine, printable, run_logged, spread_cell
+from _common import (
+    ROOT,
+    load_config,
+    machine,
+    printable,
+    result_of,
+    run_logged,
+    spread_cell,
+)
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -90,9 +98,7 @@ def curve(args) -> list[dict]:
                 name = dataset.replace(":", "_").replace("/", "_")
                 probe_dir = runs / f"seed{seed}" / f"probe_{name}_{step}"
                 command = probe_command(probe_dir, checkpoint, dataset, seed, architecture)
-                if not (probe_dir / "probe.json").exists():
-                    run_logged(command, probe_dir.parent / f"{probe_dir.name}.log")
-                result = json.loads((probe_dir / "probe.json").read_text())
+                result = result_of(command, probe_dir, "probe.json")
                 accuracy = {k: v["accuracy"] for k, v in result.items()}
                 rows.append({"seed": seed, "step": step, "dataset": dataset,
                              "accuracy": accuracy, "best_layer": max(accuracy, key=accuracy.get),
